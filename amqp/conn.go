@@ -1,0 +1,676 @@
+package amqp
+
+import (
+	"bufio"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"runtime/debug"
+	"sync"
+	"time"
+
+	"amqphub/amqp/encoding"
+	"amqphub/amqp/frames"
+)
+
+// Conn is one AMQP connection in the server role.
+type Conn struct {
+	srv *Server
+	cfg *Config
+	nc  net.Conn
+	log *slog.Logger
+
+	// Reader-goroutine state: only the reader touches these.
+	br  *bufio.Reader
+	hdr [frames.HeaderSize]byte
+	buf []byte
+	dec frames.Decoder
+	// lastDeadline avoids re-arming the read deadline on every frame.
+	lastDeadline time.Time
+
+	// Set during the handshake, read-only afterwards.
+	identity     any
+	saslMech     string
+	tls          *tls.ConnectionState
+	peerOpen     frames.Open
+	peerMaxFrame uint32
+	peerChanMax  uint16
+	heartbeat    time.Duration
+	opened       bool
+
+	mu       sync.Mutex
+	sessions map[uint16]*Session // by the peer's channel
+	local    map[uint16]*Session // by our channel
+	nlinks   int
+	closing  bool // our Close frame is queued
+	value    any
+
+	wmu         sync.Mutex
+	wcond       *sync.Cond
+	wbuf        []byte
+	wspare      []byte
+	pending     pendingDisp
+	wake        chan struct{}
+	werr        error
+	shutdown    bool // close the socket once wbuf is flushed
+	writerAlive bool
+
+	wexited   chan struct{} // closed when the writer goroutine returns
+	done      chan struct{}
+	closeOnce sync.Once
+	closeErr  error
+}
+
+func newConn(s *Server, nc net.Conn) *Conn {
+	c := &Conn{
+		srv:      s,
+		cfg:      &s.cfg,
+		nc:       nc,
+		log:      s.cfg.Logger.With("remote", nc.RemoteAddr().String()),
+		sessions: make(map[uint16]*Session),
+		local:    make(map[uint16]*Session),
+		wake:     make(chan struct{}, 1),
+		wexited:  make(chan struct{}),
+		done:     make(chan struct{}),
+	}
+	c.wcond = sync.NewCond(&c.wmu)
+	return c
+}
+
+// Identity returns what the SASL authenticator returned (nil without SASL).
+func (c *Conn) Identity() any { return c.identity }
+
+// SASLMechanism returns the SASL mechanism used, or "" for no SASL.
+func (c *Conn) SASLMechanism() string { return c.saslMech }
+
+// Hostname returns the hostname the peer sent in Open.
+func (c *Conn) Hostname() string { return c.peerOpen.Hostname }
+
+// ContainerID returns the peer's container id.
+func (c *Conn) ContainerID() string { return c.peerOpen.ContainerID }
+
+// Properties returns the peer's Open properties.
+func (c *Conn) Properties() map[any]any { return c.peerOpen.Properties }
+
+// RemoteAddr returns the peer's network address.
+func (c *Conn) RemoteAddr() net.Addr { return c.nc.RemoteAddr() }
+
+// LocalAddr returns the local network address the peer connected to.
+func (c *Conn) LocalAddr() net.Addr { return c.nc.LocalAddr() }
+
+// TLS returns the TLS state, or nil on a plain connection.
+func (c *Conn) TLS() *tls.ConnectionState { return c.tls }
+
+// SetValue attaches hub state to the connection.
+func (c *Conn) SetValue(v any) { c.mu.Lock(); c.value = v; c.mu.Unlock() }
+
+// Value returns what SetValue stored.
+func (c *Conn) Value() any { c.mu.Lock(); defer c.mu.Unlock(); return c.value }
+
+// Done is closed when the connection has ended.
+func (c *Conn) Done() <-chan struct{} { return c.done }
+
+// Links returns a snapshot of the connection's attached links.
+func (c *Conn) Links() []*Link {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []*Link
+	for _, s := range c.sessions {
+		for _, l := range s.links {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+// Close sends Close with err (nil for a normal close) and ends the
+// connection once the frame is flushed.
+func (c *Conn) Close(err *Error) {
+	c.mu.Lock()
+	if c.closing {
+		c.mu.Unlock()
+		return
+	}
+	c.closing = true
+	opened := c.opened
+	c.mu.Unlock()
+	if !opened {
+		// No writer yet (still in the handshake): just drop the socket.
+		c.nc.Close()
+		return
+	}
+	c.queue(frames.FrameAMQP, 0, &frames.Close{Error: err}, nil)
+	c.wmu.Lock()
+	c.shutdown = true
+	c.wmu.Unlock()
+	c.signal()
+	// A peer that stops reading must not keep the connection: force it.
+	time.AfterFunc(5*time.Second, func() { c.nc.Close() })
+}
+
+// run drives the connection until it ends.
+func (c *Conn) run() {
+	var err error
+	defer func() {
+		if r := recover(); r != nil {
+			// A bug in one connection's handling must not take the process
+			// down: contain it, log it, and end only this connection.
+			c.log.Error("amqp: panic in connection handling", "panic", r, "stack", string(debug.Stack()))
+			err = fmt.Errorf("internal error: %v", r)
+			c.Close(NewError(ErrCondInternalError, "internal error"))
+		}
+		c.teardown(err)
+	}()
+	c.br = bufio.NewReaderSize(c.nc, 4096)
+	c.nc.SetDeadline(time.Now().Add(c.cfg.HandshakeTimeout))
+	if err = c.handshake(); err != nil {
+		var sf errSASLFailed
+		if errors.As(err, &sf) {
+			c.log.Info("amqp: authentication failed", "err", err)
+		} else if !isClosedErr(err) {
+			c.log.Debug("amqp: handshake failed", "err", err)
+		}
+		c.nc.Close()
+		return
+	}
+	c.nc.SetDeadline(time.Time{})
+	c.wmu.Lock()
+	c.writerAlive = true
+	c.wmu.Unlock()
+	go c.writer()
+	err = c.readLoop()
+}
+
+func isClosedErr(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, os.ErrDeadlineExceeded)
+}
+
+// handshake exchanges protocol headers, SASL and Open.
+func (c *Conn) handshake() error {
+	hdr, err := c.readProtoHeader()
+	if err != nil {
+		return err
+	}
+	c.tls = tlsState(c.nc)
+	switch hdr {
+	case frames.ProtoSASL:
+		if _, err := c.nc.Write(frames.ProtoSASL[:]); err != nil {
+			return err
+		}
+		if err := c.negotiateSASL(); err != nil {
+			return err
+		}
+		if hdr, err = c.readProtoHeader(); err != nil {
+			return err
+		}
+		if hdr != frames.ProtoAMQP {
+			c.nc.Write(frames.ProtoAMQP[:])
+			return fmt.Errorf("after SASL expected AMQP header, got %q", hdr[:])
+		}
+	case frames.ProtoAMQP:
+		if !c.cfg.AllowNoSASL {
+			// Tell the peer which protocol we do speak, then hang up.
+			c.nc.Write(frames.ProtoSASL[:])
+			return errors.New("peer skipped SASL, which this server requires")
+		}
+	default:
+		if c.cfg.AllowNoSASL {
+			c.nc.Write(frames.ProtoAMQP[:])
+		} else {
+			c.nc.Write(frames.ProtoSASL[:])
+		}
+		return fmt.Errorf("unsupported protocol header %q", hdr[:])
+	}
+	if _, err := c.nc.Write(frames.ProtoAMQP[:]); err != nil {
+		return err
+	}
+	p, err := c.readFrame(frames.FrameAMQP)
+	if err != nil {
+		return fmt.Errorf("reading open: %w", err)
+	}
+	open, ok := p.(*frames.Open)
+	if !ok {
+		return fmt.Errorf("expected open, got %T", p)
+	}
+	c.peerOpen = *open
+	c.peerMaxFrame = min(open.MaxFrameSize, 1<<30)
+	c.peerChanMax = open.ChannelMax
+	if c.peerMaxFrame < frames.MinMaxFrameSize {
+		c.writeOpen(nil)
+		c.writeNow(frames.FrameAMQP, 0, &frames.Close{Error: NewError(ErrCondFrameSizeTooSmall, "max-frame-size below 512")})
+		return errors.New("peer max-frame-size below 512")
+	}
+	c.heartbeat = c.cfg.MaxHeartbeat
+	if open.IdleTimeout > 0 && open.IdleTimeout/2 < c.heartbeat {
+		c.heartbeat = max(open.IdleTimeout/2, 100*time.Millisecond)
+	}
+	if herr := c.srv.cfg.Handler.OnOpen(c); herr != nil {
+		c.writeOpen(nil)
+		c.writeNow(frames.FrameAMQP, 0, &frames.Close{Error: herr})
+		return fmt.Errorf("open refused: %w", herr)
+	}
+	if err := c.writeOpen(nil); err != nil {
+		return err
+	}
+	c.mu.Lock()
+	c.opened = true
+	c.mu.Unlock()
+	return nil
+}
+
+func (c *Conn) writeOpen(props map[any]any) error {
+	return c.writeNow(frames.FrameAMQP, 0, &frames.Open{
+		ContainerID:  c.cfg.ContainerID,
+		Hostname:     c.peerOpen.Hostname,
+		MaxFrameSize: c.cfg.MaxFrameSize,
+		ChannelMax:   c.cfg.ChannelMax,
+		IdleTimeout:  c.cfg.IdleTimeout,
+		Properties:   props,
+	})
+}
+
+func (c *Conn) readProtoHeader() ([8]byte, error) {
+	var h [8]byte
+	if _, err := io.ReadFull(c.br, h[:]); err != nil {
+		return h, fmt.Errorf("reading protocol header: %w", err)
+	}
+	return h, nil
+}
+
+// writeNow writes one frame synchronously; only the handshake uses it,
+// before the writer goroutine exists.
+func (c *Conn) writeNow(typ byte, ch uint16, p frames.Performative) error {
+	b, err := frames.AppendFrame(nil, typ, ch, p, nil)
+	if err != nil {
+		return err
+	}
+	_, err = c.nc.Write(b)
+	return err
+}
+
+// readFrame reads the next non-empty frame and decodes it. Frames larger
+// than our max-frame-size are refused before anything is allocated.
+func (c *Conn) readFrame(wantType byte) (frames.Performative, error) {
+	for {
+		ch, typ, body, err := c.readRaw()
+		if err != nil {
+			return nil, err
+		}
+		if body == nil {
+			continue // heartbeat
+		}
+		if typ != wantType {
+			return nil, fmt.Errorf("frame type %d where %d was expected", typ, wantType)
+		}
+		if typ == frames.FrameSASL && ch != 0 {
+			return nil, fmt.Errorf("sasl frame on channel %d", ch)
+		}
+		return c.dec.Decode(body)
+	}
+}
+
+// readRaw reads one frame into the reusable buffer and returns its body
+// (after any extended header); body is nil for an empty frame.
+func (c *Conn) readRaw() (ch uint16, typ byte, body []byte, err error) {
+	if _, err = io.ReadFull(c.br, c.hdr[:]); err != nil {
+		return 0, 0, nil, err
+	}
+	h, err := frames.ParseFrameHeader(c.hdr[:], c.cfg.MaxFrameSize)
+	if err != nil {
+		return 0, 0, nil, &protoError{cond: ErrCondFramingError, err: err}
+	}
+	n := int(h.Size) - frames.HeaderSize
+	if cap(c.buf) < n {
+		c.buf = make([]byte, n, max(n, 1024))
+	}
+	b := c.buf[:n]
+	if _, err = io.ReadFull(c.br, b); err != nil {
+		return 0, 0, nil, err
+	}
+	b = b[int(h.DataOff)*4-frames.HeaderSize:]
+	if len(b) == 0 {
+		return h.Channel, h.Type, nil, nil
+	}
+	return h.Channel, h.Type, b, nil
+}
+
+// protoError is a protocol violation that closes the connection with cond.
+type protoError struct {
+	cond Condition
+	err  error
+}
+
+func (e *protoError) Error() string { return fmt.Sprintf("%s: %v", e.cond, e.err) }
+func (e *protoError) Unwrap() error { return e.err }
+
+func protoErrorf(cond Condition, format string, args ...any) error {
+	return &protoError{cond: cond, err: fmt.Errorf(format, args...)}
+}
+
+// readLoop reads and dispatches frames until the connection ends.
+func (c *Conn) readLoop() error {
+	for {
+		c.waitWriteRoom()
+		if now := time.Now(); now.Sub(c.lastDeadline) > time.Second {
+			c.lastDeadline = now
+			c.nc.SetReadDeadline(now.Add(c.cfg.IdleTimeout))
+		}
+		ch, typ, body, err := c.readRaw()
+		if err == nil && body != nil {
+			if typ != frames.FrameAMQP {
+				err = protoErrorf(ErrCondFramingError, "SASL frame after open")
+			} else {
+				var p frames.Performative
+				p, err = c.dec.Decode(body)
+				if err != nil {
+					err = &protoError{cond: ErrCondDecodeError, err: err}
+				} else {
+					err = c.dispatch(ch, p)
+				}
+			}
+		}
+		if err != nil {
+			var pe *protoError
+			switch {
+			case errors.As(err, &pe):
+				c.log.Info("amqp: closing connection on protocol error", "err", err)
+				c.Close(NewError(pe.cond, pe.err.Error()))
+			case errors.Is(err, os.ErrDeadlineExceeded):
+				c.Close(NewError(ErrCondResourceLimitExceeded, "idle timeout expired"))
+			case errors.Is(err, errPeerClosed):
+				return nil
+			}
+			return err
+		}
+	}
+}
+
+// waitWriteRoom blocks the reader while too much output is queued, so a
+// peer that sends but does not read cannot grow our memory.
+func (c *Conn) waitWriteRoom() {
+	c.wmu.Lock()
+	for len(c.wbuf) > c.cfg.MaxWriteBuffer && c.werr == nil && !c.shutdown {
+		c.wcond.Wait()
+	}
+	c.wmu.Unlock()
+}
+
+var errPeerClosed = errors.New("amqp: peer closed the connection")
+
+// dispatch routes a decoded frame to its connection or session handler.
+func (c *Conn) dispatch(ch uint16, p frames.Performative) error {
+	switch p := p.(type) {
+	case *frames.Begin:
+		return c.onBegin(ch, p)
+	case *frames.Close:
+		if p.Error != nil {
+			c.log.Debug("amqp: peer closed with error", "err", p.Error)
+		}
+		c.mu.Lock()
+		already := c.closing
+		c.closing = true
+		c.mu.Unlock()
+		if !already {
+			c.queue(frames.FrameAMQP, 0, &frames.Close{}, nil)
+		}
+		c.wmu.Lock()
+		c.shutdown = true
+		c.wmu.Unlock()
+		c.signal()
+		return errPeerClosed
+	case *frames.Open:
+		return protoErrorf(ErrCondIllegalState, "second open")
+	}
+	c.mu.Lock()
+	s := c.sessions[ch]
+	c.mu.Unlock()
+	if s == nil {
+		return protoErrorf(ErrCondFramingError, "%T on channel %d with no session", p, ch)
+	}
+	return s.dispatch(p)
+}
+
+// teardown ends everything once; links and sessions learn of it through
+// their callbacks.
+func (c *Conn) teardown(err error) {
+	c.closeOnce.Do(func() {
+		// Let the writer flush what is queued (a Close reply, a final
+		// detach) before the socket goes.
+		c.wmu.Lock()
+		c.shutdown = true
+		alive := c.writerAlive
+		c.wmu.Unlock()
+		c.signal()
+		if alive {
+			t := time.NewTimer(2 * time.Second)
+			select {
+			case <-c.wexited:
+			case <-t.C:
+			}
+			t.Stop()
+		}
+		c.nc.Close()
+		c.mu.Lock()
+		c.closing = true
+		var after deferred
+		for _, s := range c.sessions {
+			s.detachAllLocked(&after, nil)
+		}
+		c.sessions = map[uint16]*Session{}
+		c.local = map[uint16]*Session{}
+		c.mu.Unlock()
+		after.run()
+		c.wmu.Lock()
+		c.shutdown = true
+		c.wcond.Broadcast()
+		c.wmu.Unlock()
+		c.signal()
+		c.closeErr = err
+		close(c.done)
+		c.srv.cfg.Handler.OnClose(c, err)
+	})
+}
+
+// deferred collects hub callbacks to run after c.mu is released.
+type deferred []func()
+
+func (d *deferred) add(f func()) { *d = append(*d, f) }
+func (d deferred) run() {
+	for _, f := range d {
+		f()
+	}
+}
+
+// pendingDisp is a run of accepted dispositions being coalesced into one
+// ranged frame: a group commit settles hundreds of consecutive deliveries.
+type pendingDisp struct {
+	active  bool
+	channel uint16
+	role    frames.Role
+	settled bool
+	first   uint32
+	last    uint32
+}
+
+// queue appends a frame to the output buffer and wakes the writer.
+func (c *Conn) queue(typ byte, ch uint16, p frames.Performative, payload []byte) {
+	c.wmu.Lock()
+	c.flushPendingLocked()
+	c.appendLocked(typ, ch, p, payload)
+	c.wmu.Unlock()
+	c.signal()
+}
+
+func (c *Conn) appendLocked(typ byte, ch uint16, p frames.Performative, payload []byte) {
+	b, err := frames.AppendFrame(c.wbuf, typ, ch, p, payload)
+	if err != nil {
+		// Only hub-supplied values (info maps, properties) can fail to
+		// encode; drop the frame rather than corrupt the stream.
+		c.log.Error("amqp: cannot encode frame", "frame", fmt.Sprintf("%T", p), "err", err)
+		return
+	}
+	c.wbuf = b
+}
+
+// queueDisposition coalesces consecutive accepted dispositions.
+func (c *Conn) queueDisposition(ch uint16, d *frames.Disposition) {
+	c.wmu.Lock()
+	_, accepted := d.State.(frames.Accepted)
+	pd := &c.pending
+	if accepted && pd.active && pd.channel == ch && pd.role == d.Role && pd.settled == d.Settled && pd.last+1 == d.First {
+		pd.last = d.Last
+		c.wmu.Unlock()
+		c.signal()
+		return
+	}
+	c.flushPendingLocked()
+	if accepted {
+		*pd = pendingDisp{active: true, channel: ch, role: d.Role, settled: d.Settled, first: d.First, last: d.Last}
+	} else {
+		c.appendLocked(frames.FrameAMQP, ch, d, nil)
+	}
+	c.wmu.Unlock()
+	c.signal()
+}
+
+func (c *Conn) flushPendingLocked() {
+	pd := &c.pending
+	if !pd.active {
+		return
+	}
+	pd.active = false
+	c.appendLocked(frames.FrameAMQP, pd.channel, &frames.Disposition{
+		Role: pd.role, First: pd.first, Last: pd.last, HasLast: true, Settled: pd.settled, State: frames.Accepted{},
+	}, nil)
+}
+
+func (c *Conn) signal() {
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
+}
+
+// writer owns the socket's write side: it swaps the output buffer and
+// writes it in one call, and sends heartbeats when the line is quiet.
+func (c *Conn) writer() {
+	defer close(c.wexited)
+	hb := time.NewTicker(c.heartbeat)
+	defer hb.Stop()
+	lastWrite := time.Now()
+	empty := []byte{0, 0, 0, 8, 2, 0, 0, 0}
+	for {
+		select {
+		case <-c.wake:
+		case <-hb.C:
+			if time.Since(lastWrite) < c.heartbeat*9/10 {
+				continue
+			}
+			c.wmu.Lock()
+			if len(c.wbuf) == 0 && !c.pending.active {
+				c.wbuf = append(c.wbuf, empty...)
+			}
+			c.wmu.Unlock()
+		}
+		c.wmu.Lock()
+		c.flushPendingLocked()
+		out := c.wbuf
+		c.wbuf = c.wspare[:0]
+		shutdown := c.shutdown
+		c.wcond.Broadcast()
+		c.wmu.Unlock()
+		if len(out) > 0 {
+			c.nc.SetWriteDeadline(time.Now().Add(max(c.cfg.IdleTimeout, 30*time.Second)))
+			_, err := c.nc.Write(out)
+			lastWrite = time.Now()
+			if err != nil {
+				c.wmu.Lock()
+				c.werr = err
+				c.wcond.Broadcast()
+				c.wmu.Unlock()
+				c.nc.Close()
+				return
+			}
+		}
+		c.wmu.Lock()
+		// Keep one spare buffer, but let a huge one go so an idle
+		// connection does not pin memory.
+		if cap(out) <= 256<<10 {
+			c.wspare = out[:0]
+		} else {
+			c.wspare = nil
+		}
+		more := len(c.wbuf) > 0 || c.pending.active
+		c.wmu.Unlock()
+		if shutdown && !more {
+			c.nc.Close()
+			return
+		}
+		if more {
+			c.signal()
+		}
+	}
+}
+
+// allocChannel picks our lowest free channel number. Caller holds c.mu.
+func (c *Conn) allocChannel() (uint16, bool) {
+	limit := min(c.cfg.ChannelMax, c.peerChanMax)
+	for ch := uint16(0); ; ch++ {
+		if _, used := c.local[ch]; !used {
+			return ch, true
+		}
+		if ch == limit {
+			return 0, false
+		}
+	}
+}
+
+func (c *Conn) onBegin(ch uint16, b *frames.Begin) error {
+	if b.HasRemoteChannel {
+		return protoErrorf(ErrCondNotAllowed, "begin with remote-channel: this server does not initiate sessions")
+	}
+	if ch > c.cfg.ChannelMax {
+		return protoErrorf(ErrCondFramingError, "channel %d exceeds channel-max %d", ch, c.cfg.ChannelMax)
+	}
+	c.mu.Lock()
+	if _, dup := c.sessions[ch]; dup {
+		c.mu.Unlock()
+		return protoErrorf(ErrCondFramingError, "begin on channel %d which already has a session", ch)
+	}
+	local, ok := c.allocChannel()
+	if !ok {
+		c.mu.Unlock()
+		return protoErrorf(ErrCondResourceLimitExceeded, "too many sessions")
+	}
+	s := newSession(c, ch, local, b)
+	c.sessions[ch] = s
+	c.local[local] = s
+	reply := &frames.Begin{
+		RemoteChannel:    ch,
+		HasRemoteChannel: true,
+		NextOutgoingID:   s.nextOutgoingID,
+		IncomingWindow:   s.incomingWindow,
+		OutgoingWindow:   s.outgoingWindow,
+		HandleMax:        min(c.cfg.HandleMax, b.HandleMax),
+	}
+	c.queue(frames.FrameAMQP, local, reply, nil)
+	c.mu.Unlock()
+	return nil
+}
+
+// frameOverhead is room left in each transfer frame for the header and
+// the transfer performative (its delivery tag is at most 32 bytes).
+const frameOverhead = 96
+
+// symbolMap is a small helper for hub code building info maps.
+func symbolMap(kv ...any) map[any]any {
+	m := make(map[any]any, len(kv)/2)
+	for i := 0; i+1 < len(kv); i += 2 {
+		m[encoding.Symbol(kv[i].(string))] = kv[i+1]
+	}
+	return m
+}
