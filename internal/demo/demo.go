@@ -204,4 +204,3 @@ func (q *queue) feed(l *amqp.Link) {
 		}
 	}
 }
-
