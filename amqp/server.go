@@ -202,12 +202,14 @@ func isTemporary(err error) bool {
 
 // ServeConn serves one already-accepted connection in the background. The
 // WebSocket transport and tests use it directly.
-func (s *Server) ServeConn(nc net.Conn) {
+func (s *Server) ServeConn(nc net.Conn) { s.serveConn(nc) }
+
+func (s *Server) serveConn(nc net.Conn) *Conn {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
 		nc.Close()
-		return
+		return nil
 	}
 	c := newConn(s, nc)
 	s.conns[c] = struct{}{}
@@ -220,6 +222,7 @@ func (s *Server) ServeConn(nc net.Conn) {
 		delete(s.conns, c)
 		s.mu.Unlock()
 	}()
+	return c
 }
 
 // Shutdown stops accepting, closes every connection with
@@ -270,9 +273,12 @@ func (s *Server) Conns() int {
 
 // TLSConnectionState returns the TLS state of nc if it is a TLS connection.
 func tlsState(nc net.Conn) *tls.ConnectionState {
-	if tc, ok := nc.(*tls.Conn); ok {
+	switch tc := nc.(type) {
+	case *tls.Conn:
 		st := tc.ConnectionState()
 		return &st
+	case *wsConn:
+		return tc.state
 	}
 	return nil
 }
