@@ -13,7 +13,6 @@ import (
 	"sync"
 	"time"
 
-	"amqphub/amqp/encoding"
 	"amqphub/amqp/frames"
 )
 
@@ -665,12 +664,3 @@ func (c *Conn) onBegin(ch uint16, b *frames.Begin) error {
 // frameOverhead is room left in each transfer frame for the header and
 // the transfer performative (its delivery tag is at most 32 bytes).
 const frameOverhead = 96
-
-// symbolMap is a small helper for hub code building info maps.
-func symbolMap(kv ...any) map[any]any {
-	m := make(map[any]any, len(kv)/2)
-	for i := 0; i+1 < len(kv); i += 2 {
-		m[encoding.Symbol(kv[i].(string))] = kv[i+1]
-	}
-	return m
-}

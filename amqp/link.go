@@ -52,13 +52,12 @@ type Link struct {
 	nextTag      uint64
 	peerMaxFrame uint32
 
-	attached  bool
-	detached  bool // we sent detach or the link is gone
-	goneFlag  bool
-	gone      chan struct{}
-	onDetach  func(*Error)
-	value     any
-	refuseErr *Error
+	attached bool
+	detached bool // we sent detach or the link is gone
+	goneFlag bool
+	gone     chan struct{}
+	onDetach func(*Error)
+	value    any
 }
 
 // Name returns the link name.
@@ -238,11 +237,9 @@ func (s *Session) onAttach(a *frames.Attach) error {
 		after.run()
 		return nil
 	}
-	if _, used := s.detaching[a.Handle]; used {
-		// The peer reuses a handle we are detaching: it has seen our
-		// detach only if it answered, so treat the old link as finished.
-		delete(s.detaching, a.Handle)
-	}
+	// The peer may reuse a handle we are detaching: treat the old link
+	// as finished.
+	delete(s.detaching, a.Handle)
 	peer := *a
 	l := &Link{
 		sess:           s,
@@ -391,11 +388,11 @@ func (l *Link) onFlowLocked(f *frames.Flow, after *deferred) {
 	}
 	if l.role == frames.RoleSender {
 		if f.HasLinkCredit {
-			rcvCount := l.deliveryCount
+			// Without delivery-count the peer has seen none of our
+			// transfers: it counts from our initial-delivery-count, 0.
+			var rcvCount uint32
 			if f.HasDeliveryCount {
 				rcvCount = f.DeliveryCount
-			} else {
-				rcvCount = 0 // our initial-delivery-count
 			}
 			credit := rcvCount + f.LinkCredit - l.deliveryCount
 			if int32(credit) < 0 {
