@@ -27,7 +27,10 @@
 // sequence number. Before the next batch the committer truncates the
 // segment back to its last durable size and syncs it, so partial bytes can
 // neither be read nor resurface after a crash; it retries that on every
-// batch, so appends succeed again once the disk has room.
+// batch, so appends succeed again once the disk has room. (A record
+// reported as failed can only come back if that truncation failed too and
+// the process stopped before it could be retried: at-least-once, never
+// lost.)
 //
 // # Indexes and recovery
 //
@@ -115,6 +118,9 @@ func Open(dir string, opts Options) (*Log, error) {
 		l.parts = append(l.parts, p)
 	}
 	for _, p := range l.parts {
+		// Before the committer starts, so that Open returns a log whose
+		// expired records are already gone.
+		p.enforceRetention()
 		go p.run()
 	}
 	return l, nil

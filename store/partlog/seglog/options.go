@@ -72,7 +72,9 @@ type Options struct {
 
 	// RetentionBytes, if positive, caps each partition's size on disk:
 	// the oldest segments are deleted while the partition is larger. The
-	// segment being written is never deleted.
+	// segment being written is never deleted, and the cap is checked when
+	// a segment is rolled and every RetentionInterval, so a partition can
+	// exceed it by up to one segment.
 	RetentionBytes int64
 
 	// RetentionInterval is how often retention is enforced (default 1

@@ -147,7 +147,6 @@ func (p *partition) run() {
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
 	spare := &batch{}
-	p.enforceRetention()
 	for {
 		select {
 		case <-ticker.C:
@@ -159,6 +158,9 @@ func (p *partition) run() {
 		p.mu.Unlock()
 		if n == 0 {
 			if closed {
+				if err := p.cleanTail(); err != nil {
+					p.log.Warn("seglog: discard failed write at close", "partition", p.id, "err", err)
+				}
 				return
 			}
 			select {
@@ -245,16 +247,13 @@ func (p *partition) commit(b *batch) {
 	b.entries = entries
 	p.newIdx = newIdx
 	if _, err := seg.f.WriteAt(b.buf, base); err != nil {
-		p.dirtyTail = true
-		p.fail(b, p.errorf("write segment %s: %w", seg.path, err))
+		p.failWrite(b, p.errorf("write segment %s: %w", seg.path, err))
 		return
 	}
 	if err := seg.f.Sync(); err != nil {
 		// After a failed fsync the kernel may have dropped the pages, so
-		// nothing of this batch is trusted: it is cut off before the next
-		// write and its records are reported as failed.
-		p.dirtyTail = true
-		p.fail(b, p.errorf("sync segment %s: %w", seg.path, err))
+		// nothing of this batch is trusted.
+		p.failWrite(b, p.errorf("sync segment %s: %w", seg.path, err))
 		return
 	}
 	lastOffset := entries[len(entries)-1].Offset
@@ -306,6 +305,18 @@ func (p *partition) fail(b *batch, err error) {
 		if done != nil {
 			done(partlog.Entry{}, err)
 		}
+	}
+}
+
+// failWrite fails a batch whose write or sync failed and cuts what it may
+// have left in the segment: at once, so that a crash soon after cannot
+// bring back records that were reported as failed, and else before the
+// next write (cleanTail) or when the log closes.
+func (p *partition) failWrite(b *batch, err error) {
+	p.dirtyTail = true
+	p.fail(b, err)
+	if cerr := p.cleanTail(); cerr != nil {
+		p.log.Warn("seglog: discard failed write", "partition", p.id, "err", cerr)
 	}
 }
 
@@ -440,6 +451,7 @@ func (p *partition) enforceRetention() {
 	}
 	p.smu.Unlock()
 	for _, s := range removed {
+		s.removed.Store(true)
 		// Oldest first, so that a crash in between leaves a contiguous log.
 		if err := os.Remove(s.path); err != nil && !errors.Is(err, os.ErrNotExist) {
 			p.log.Warn("seglog: delete expired segment", "partition", p.id, "path", s.path, "err", err)

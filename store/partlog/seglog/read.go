@@ -2,6 +2,7 @@ package seglog
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sort"
 	"sync"
@@ -81,14 +82,42 @@ func (p *partition) read(fromSeq int64, maxRecords, maxBytes int, dst []partlog.
 	if maxRecords <= 0 {
 		return dst, nil
 	}
-	c, _, err := p.locate(fromSeq)
-	if err != nil || c.seg == nil {
-		return dst, err
+	for {
+		c, _, err := p.locate(fromSeq)
+		if err != nil || c.seg == nil {
+			return dst, err
+		}
+		out, err := p.readFrom(c, fromSeq, maxRecords, maxBytes, dst)
+		if errors.Is(err, errRemoved) {
+			continue // retention got there first; start again from the new beginning
+		}
+		return out, err
 	}
-	defer c.seg.release()
+}
+
+// errRemoved means retention deleted a segment before a reader that had
+// located it could open it.
+var errRemoved = errors.New("seglog: segment removed by retention")
+
+// openCursor opens c's segment for a reader, reporting errRemoved if the
+// file is gone because retention deleted it.
+func (p *partition) openCursor(c cursor) (segFile, error) {
 	f, err := c.seg.file()
 	if err != nil {
-		return dst, p.errorf("read: %w", err)
+		if c.seg.removed.Load() {
+			return nil, errRemoved
+		}
+		return nil, p.errorf("%w", err)
+	}
+	return f, nil
+}
+
+// readFrom is read from a located cursor, whose reference it releases.
+func (p *partition) readFrom(c cursor, fromSeq int64, maxRecords, maxBytes int, dst []partlog.Record) ([]partlog.Record, error) {
+	defer c.seg.release()
+	f, err := p.openCursor(c)
+	if err != nil {
+		return dst, err
 	}
 	fromSeq = max(fromSeq, c.seq)
 	want := min(int64(maxRecords), c.endSeq-fromSeq)
@@ -173,9 +202,9 @@ var scratchPool = sync.Pool{New: func() any { b := make([]byte, 64<<10); return 
 // returns true or the segment's durable end, and returns the sequence
 // number it stopped at (c.endSeq at the end).
 func (p *partition) walk(c cursor, stop func(pos, t int64) bool) (int64, error) {
-	f, err := c.seg.file()
+	f, err := p.openCursor(c)
 	if err != nil {
-		return 0, p.errorf("seek: %w", err)
+		return 0, err
 	}
 	bp := scratchPool.Get().(*[]byte)
 	defer scratchPool.Put(bp)
@@ -208,7 +237,25 @@ func (p *partition) walk(c cursor, stop func(pos, t int64) bool) (int64, error) 
 	return c.endSeq, nil
 }
 
+// retrySeek runs a seek again when retention removed its segment.
+func retrySeek(seek func() (int64, error)) (int64, error) {
+	for {
+		seq, err := seek()
+		if !errors.Is(err, errRemoved) {
+			return seq, err
+		}
+	}
+}
+
 func (p *partition) seekOffset(offset int64) (int64, error) {
+	return retrySeek(func() (int64, error) { return p.seekOffsetOnce(offset) })
+}
+
+func (p *partition) seekTime(t int64) (int64, error) {
+	return retrySeek(func() (int64, error) { return p.seekTimeOnce(t) })
+}
+
+func (p *partition) seekOffsetOnce(offset int64) (int64, error) {
 	p.smu.RLock()
 	if p.sclosed {
 		p.smu.RUnlock()
@@ -235,7 +282,7 @@ func (p *partition) seekOffset(offset int64) (int64, error) {
 	return p.walk(c, func(pos, _ int64) bool { return pos >= target })
 }
 
-func (p *partition) seekTime(t int64) (int64, error) {
+func (p *partition) seekTimeOnce(t int64) (int64, error) {
 	p.smu.RLock()
 	if p.sclosed {
 		p.smu.RUnlock()

@@ -33,6 +33,8 @@ type segment struct {
 	// are using the file; the file is closed when it drops to 0, so
 	// retention can delete a segment while a reader is still in it.
 	refs atomic.Int32
+	// removed is set by retention before it deletes the files.
+	removed atomic.Bool
 
 	fmu sync.Mutex
 	f   segFile // opened lazily for sealed segments found at Open
