@@ -1,0 +1,412 @@
+// Package server assembles a whole hub: stores, identities, the AMQP
+// engine with the hub's semantics, and its listeners (plain AMQP, AMQPS,
+// and HTTPS carrying AMQP over WebSockets plus the REST API). The binary's
+// `serve` command and the end-to-end tests both start hubs through it.
+package server
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"amqphub/amqp"
+	"amqphub/internal/auth"
+	"amqphub/internal/hub"
+	"amqphub/internal/registry"
+	"amqphub/internal/rest"
+	"amqphub/internal/tlsutil"
+)
+
+// Options configure a hub. The YAML names are the config file's keys.
+type Options struct {
+	// HubName is the hub's name (the first label of HostName in Azure).
+	// Default "amqphub".
+	HubName string `yaml:"hubName"`
+	// HostName is what clients put in HostName= and SAS audiences.
+	// Default "localhost".
+	HostName string `yaml:"hostName"`
+	// DataDir holds the stores and the local CA. Default "./amqphub-data".
+	DataDir string `yaml:"dataDir"`
+	// InMemory keeps everything in memory (tests, CI); the CA then lives in
+	// a temporary directory.
+	InMemory bool `yaml:"inMemory"`
+	// Listen addresses; "off" disables a listener, port 0 picks a free one.
+	AMQPAddr  string `yaml:"amqpAddr"`  // plain AMQP, default 127.0.0.1:5672
+	AMQPSAddr string `yaml:"amqpsAddr"` // AMQP over TLS, default :5671
+	HTTPSAddr string `yaml:"httpsAddr"` // HTTPS: WebSockets + REST, default :443
+	// TLSCertFile and TLSKeyFile replace the generated certificate.
+	TLSCertFile string `yaml:"tlsCertFile"`
+	TLSKeyFile  string `yaml:"tlsKeyFile"`
+	// TLSNames are extra names for the generated certificate.
+	TLSNames []string `yaml:"tlsNames"`
+	// Policies replace the default shared access policies.
+	Policies []PolicyConfig `yaml:"policies"`
+	// Devices are created at start if missing.
+	Devices []DeviceConfig `yaml:"devices"`
+	// EventHubName is the Event-Hub-compatible entity name; default HubName.
+	EventHubName string `yaml:"eventHubName"`
+	// TokenGrace is how long links outlive an expired token. Default 5s.
+	TokenGrace time.Duration `yaml:"tokenGrace"`
+
+	// Logger receives logs; default slog.Default().
+	Logger *slog.Logger `yaml:"-"`
+	// Endpoints adds or replaces endpoints (tests).
+	Endpoints map[hub.Kind]hub.Endpoint `yaml:"-"`
+}
+
+// PolicyConfig is a shared access policy in the config file.
+type PolicyConfig struct {
+	Name         string `yaml:"name"`
+	PrimaryKey   string `yaml:"primaryKey"`
+	SecondaryKey string `yaml:"secondaryKey"`
+	// Rights: comma-separated RegistryRead, RegistryWrite, ServiceConnect, DeviceConnect.
+	Rights string `yaml:"rights"`
+}
+
+// DeviceConfig seeds a device (and its modules).
+type DeviceConfig struct {
+	ID           string   `yaml:"id"`
+	PrimaryKey   string   `yaml:"primaryKey"`
+	SecondaryKey string   `yaml:"secondaryKey"`
+	Disabled     bool     `yaml:"disabled"`
+	Modules      []string `yaml:"modules"`
+}
+
+// Defaults fills unset options.
+func (o *Options) Defaults() {
+	if o.HubName == "" {
+		o.HubName = "amqphub"
+	}
+	if o.HostName == "" {
+		o.HostName = "localhost"
+	}
+	if o.DataDir == "" {
+		o.DataDir = "amqphub-data"
+	}
+	if o.AMQPAddr == "" {
+		o.AMQPAddr = "127.0.0.1:5672"
+	}
+	if o.AMQPSAddr == "" {
+		o.AMQPSAddr = ":5671"
+	}
+	if o.HTTPSAddr == "" {
+		o.HTTPSAddr = ":443"
+	}
+	if o.EventHubName == "" {
+		o.EventHubName = o.HubName
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+}
+
+// Server is a running hub.
+type Server struct {
+	Options   Options
+	Registry  registry.Store
+	Authority *auth.Authority
+	Hub       *hub.Hub
+	Engine    *amqp.Server
+	REST      *rest.Handler
+	// CAFile is the PEM file clients trust (empty with a user certificate).
+	CAFile string
+	// ClientTLS trusts the hub's certificate (Go clients, tests).
+	ClientTLS *tls.Config
+	// Bound addresses ("" when a listener is off).
+	AMQPAddr, AMQPSAddr, HTTPSAddr string
+
+	https   *http.Server
+	tmpDir  string
+	closers []func() error
+	wg      sync.WaitGroup
+	stop    sync.Once
+}
+
+// Start builds and starts a hub.
+func Start(opts Options) (*Server, error) {
+	opts.Defaults()
+	s := &Server{Options: opts}
+	if err := s.start(); err != nil {
+		s.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+func (s *Server) start() error {
+	o := &s.Options
+	log := o.Logger
+	dir := o.DataDir
+	if o.InMemory {
+		tmp, err := os.MkdirTemp("", "amqphub-")
+		if err != nil {
+			return err
+		}
+		s.tmpDir, dir = tmp, tmp
+	} else if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("data directory: %w", err)
+	}
+
+	reg, err := registry.OpenPebble(filepath.Join(dir, "registry"), registry.PebbleOptions{InMemory: o.InMemory, Logger: log})
+	if err != nil {
+		return err
+	}
+	s.Registry = reg
+	s.closers = append(s.closers, reg.Close)
+
+	policies, err := o.policies()
+	if err != nil {
+		return err
+	}
+	s.Authority, err = auth.New(auth.Config{
+		HostName: o.HostName,
+		Aliases:  []string{"localhost", "127.0.0.1", o.HubName},
+		Policies: policies,
+		Registry: reg,
+	})
+	if err != nil {
+		return err
+	}
+	if err := s.seedDevices(); err != nil {
+		return err
+	}
+
+	endpoints := map[hub.Kind]hub.Endpoint{}
+	for k, e := range o.Endpoints {
+		endpoints[k] = e
+	}
+	s.Hub, err = hub.New(hub.Config{
+		HostName:     o.HostName,
+		EventHubName: o.EventHubName,
+		Authority:    s.Authority,
+		Endpoints:    endpoints,
+		TokenGrace:   o.TokenGrace,
+		Logger:       log,
+	})
+	if err != nil {
+		return err
+	}
+	s.Engine, err = amqp.NewServer(amqp.Config{
+		ContainerID: o.HubName,
+		Handler:     s.Hub,
+		SASL:        s.Hub,
+		AllowNoSASL: true, // the Node and C# SDKs send no SASL
+		Logger:      log,
+	})
+	if err != nil {
+		return err
+	}
+	s.REST, err = rest.New(rest.Config{Registry: reg, Auth: s.Authority, Logger: log})
+	if err != nil {
+		return err
+	}
+
+	tlsCfg, err := s.tlsConfig(dir)
+	if err != nil {
+		return err
+	}
+	if a := o.AMQPAddr; a != "off" {
+		ln, err := net.Listen("tcp", a)
+		if err != nil {
+			return fmt.Errorf("plain AMQP listener %s: %w", a, err)
+		}
+		s.AMQPAddr = ln.Addr().String()
+		s.serveAMQP(ln)
+	}
+	if a := o.AMQPSAddr; a != "off" {
+		ln, err := tls.Listen("tcp", a, tlsCfg)
+		if err != nil {
+			return fmt.Errorf("AMQPS listener %s: %w", a, err)
+		}
+		s.AMQPSAddr = ln.Addr().String()
+		s.serveAMQP(ln)
+	}
+	if a := o.HTTPSAddr; a != "off" {
+		ln, err := net.Listen("tcp", a)
+		if err != nil {
+			return fmt.Errorf("HTTPS listener %s: %w", a, err)
+		}
+		s.HTTPSAddr = ln.Addr().String()
+		mux := http.NewServeMux()
+		mux.Handle("/$iothub/websocket", s.Engine.WebSocketHandler())
+		mux.Handle("/$servicebus/websocket", s.Engine.WebSocketHandler())
+		mux.Handle("/", s.REST)
+		s.https = &http.Server{
+			Handler:           mux,
+			TLSConfig:         tlsCfg,
+			ReadHeaderTimeout: 10 * time.Second,
+			ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+		}
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			if err := s.https.ServeTLS(ln, "", ""); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				log.Error("HTTPS server stopped", "err", err)
+			}
+		}()
+	}
+	return nil
+}
+
+func (s *Server) serveAMQP(ln net.Listener) {
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		if err := s.Engine.Serve(ln); err != nil && !errors.Is(err, amqp.ErrServerClosed) {
+			s.Options.Logger.Error("AMQP listener stopped", "addr", ln.Addr().String(), "err", err)
+		}
+	}()
+}
+
+func (s *Server) tlsConfig(dir string) (*tls.Config, error) {
+	o := &s.Options
+	if o.TLSCertFile != "" || o.TLSKeyFile != "" {
+		cert, err := tls.LoadX509KeyPair(o.TLSCertFile, o.TLSKeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("TLS certificate: %w", err)
+		}
+		s.ClientTLS = &tls.Config{MinVersion: tls.VersionTLS12, ServerName: o.HostName}
+		return tlsutil.ServerConfig(cert), nil
+	}
+	names := append([]string{o.HostName}, o.TLSNames...)
+	cert, caFile, err := tlsutil.EnsureLocalCA(filepath.Join(dir, "tls"), names)
+	if err != nil {
+		return nil, err
+	}
+	pool, err := tlsutil.CAPool(caFile)
+	if err != nil {
+		return nil, err
+	}
+	s.CAFile = caFile
+	s.ClientTLS = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12, ServerName: o.HostName}
+	return tlsutil.ServerConfig(cert), nil
+}
+
+func (o *Options) policies() ([]auth.Policy, error) {
+	if len(o.Policies) == 0 {
+		return auth.DefaultPolicies(), nil
+	}
+	var out []auth.Policy
+	for _, p := range o.Policies {
+		r, err := auth.ParseRights(p.Rights)
+		if err != nil {
+			return nil, fmt.Errorf("policy %q: %w", p.Name, err)
+		}
+		out = append(out, auth.Policy{Name: p.Name, PrimaryKey: p.PrimaryKey, SecondaryKey: p.SecondaryKey, Rights: r})
+	}
+	return out, nil
+}
+
+func (s *Server) seedDevices() error {
+	ctx := context.Background()
+	for _, dc := range s.Options.Devices {
+		d := registry.Device{DeviceID: dc.ID, Status: registry.StatusEnabled}
+		if dc.Disabled {
+			d.Status = registry.StatusDisabled
+		}
+		d.Authentication.Type = registry.AuthSAS
+		d.Authentication.SymmetricKey = registry.SymmetricKey{PrimaryKey: dc.PrimaryKey, SecondaryKey: dc.SecondaryKey}
+		if _, err := s.Registry.CreateDevice(ctx, d); err != nil && !errors.Is(err, registry.ErrDeviceAlreadyExists) {
+			return fmt.Errorf("seeding device %q: %w", dc.ID, err)
+		}
+		for _, mid := range dc.Modules {
+			m := registry.Module{DeviceID: dc.ID, ModuleID: mid}
+			if _, err := s.Registry.CreateModule(ctx, m); err != nil && !errors.Is(err, registry.ErrModuleAlreadyExists) {
+				return fmt.Errorf("seeding module %q/%q: %w", dc.ID, mid, err)
+			}
+		}
+	}
+	return nil
+}
+
+// Close shuts the hub down: connections are closed with
+// amqp:connection:forced, then the stores close.
+func (s *Server) Close() error {
+	var first error
+	s.stop.Do(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if s.https != nil {
+			s.https.Shutdown(ctx)
+		}
+		if s.Engine != nil {
+			s.Engine.Shutdown(ctx)
+		}
+		s.wg.Wait()
+		for i := len(s.closers) - 1; i >= 0; i-- {
+			if err := s.closers[i](); err != nil && first == nil {
+				first = err
+			}
+		}
+		if s.tmpDir != "" {
+			os.RemoveAll(s.tmpDir)
+		}
+	})
+	return first
+}
+
+// ConnectionStrings are what a newcomer pastes into an SDK.
+type ConnectionStrings struct {
+	Service   string
+	Devices   map[string]string
+	EventHub  string
+	EmulatorE string // the Event-Hub-compatible endpoint over plain AMQP
+}
+
+// ConnectionStrings returns ready connection strings for the hub owner
+// policy, each seeded device, and the Event-Hub-compatible endpoint.
+func (s *Server) ConnectionStrings(ctx context.Context) (ConnectionStrings, error) {
+	o := &s.Options
+	owner, ok := s.Authority.Policy(auth.PolicyIoTHubOwner)
+	if !ok {
+		// Custom policies: use the first with ServiceConnect.
+		pols, _ := o.policies()
+		for _, p := range pols {
+			if p.Rights.Has(auth.ServiceConnect) {
+				owner, ok = p, true
+				break
+			}
+		}
+	}
+	var cs ConnectionStrings
+	cs.Devices = map[string]string{}
+	if ok {
+		cs.Service = fmt.Sprintf("HostName=%s;SharedAccessKeyName=%s;SharedAccessKey=%s", o.HostName, owner.Name, owner.PrimaryKey)
+		cs.EventHub = fmt.Sprintf("Endpoint=sb://%s/;SharedAccessKeyName=%s;SharedAccessKey=%s;EntityPath=%s", o.HostName, owner.Name, owner.PrimaryKey, o.EventHubName)
+		if s.AMQPAddr != "" {
+			_, port, _ := net.SplitHostPort(s.AMQPAddr)
+			cs.EmulatorE = fmt.Sprintf("Endpoint=sb://%s:%s/;SharedAccessKeyName=%s;SharedAccessKey=%s;EntityPath=%s;UseDevelopmentEmulator=true", o.HostName, port, owner.Name, owner.PrimaryKey, o.EventHubName)
+		}
+	}
+	for _, dc := range o.Devices {
+		d, err := s.Registry.GetDevice(ctx, dc.ID)
+		if err != nil {
+			return cs, err
+		}
+		if d.Authentication.SymmetricKey.PrimaryKey != "" {
+			cs.Devices[dc.ID] = fmt.Sprintf("HostName=%s;DeviceId=%s;SharedAccessKey=%s", o.HostName, dc.ID, d.Authentication.SymmetricKey.PrimaryKey)
+		}
+	}
+	return cs, nil
+}
+
+// DeviceConnectionString returns a device's connection string.
+func (s *Server) DeviceConnectionString(ctx context.Context, deviceID string) (string, error) {
+	d, err := s.Registry.GetDevice(ctx, deviceID)
+	if err != nil {
+		return "", err
+	}
+	if d.Authentication.SymmetricKey.PrimaryKey == "" {
+		return "", fmt.Errorf("device %q has no symmetric key", deviceID)
+	}
+	return fmt.Sprintf("HostName=%s;DeviceId=%s;SharedAccessKey=%s", s.Options.HostName, deviceID, d.Authentication.SymmetricKey.PrimaryKey), nil
+}
+
