@@ -14,7 +14,9 @@ const maxDepth = 32
 
 // maxZeroWidthElems bounds arrays whose elements occupy no bytes (e.g. an
 // array of uint0): their count is not limited by the input size, so without
-// this cap a 10-byte frame could ask for billions of elements.
+// this cap a 10-byte frame could ask for billions of elements. The bound is
+// a budget shared by all arrays read since the last Reset, so a frame full
+// of small zero-width arrays cannot multiply it either.
 const maxZeroWidthElems = 1 << 16
 
 // Reader decodes AMQP values from a byte slice without copying it.
@@ -22,13 +24,14 @@ const maxZeroWidthElems = 1 << 16
 type Reader struct {
 	buf []byte
 	pos int
+	zw  int // zero-width array elements decoded since Reset
 }
 
 // NewReader returns a Reader over b.
 func NewReader(b []byte) *Reader { return &Reader{buf: b} }
 
 // Reset points the reader at b, reusing the Reader.
-func (r *Reader) Reset(b []byte) { r.buf, r.pos = b, 0 }
+func (r *Reader) Reset(b []byte) { r.buf, r.pos, r.zw = b, 0, 0 }
 
 // Len reports the number of unread bytes.
 func (r *Reader) Len() int { return len(r.buf) - r.pos }
@@ -119,38 +122,58 @@ func (r *Reader) ReadDescriptor() (code uint64, sym Symbol, err error) {
 
 // ReadListHeader reads a list constructor and returns its element count.
 // The elements follow; the caller reads exactly count values or calls
-// SkipN for the rest.
+// SkipN for the rest. Callers that need the list's declared end (to check
+// that the elements fill it exactly) use ReadListHeaderEnd.
 func (r *Reader) ReadListHeader() (count int, err error) {
+	count, _, err = r.ReadListHeaderEnd()
+	return count, err
+}
+
+// ReadListHeaderEnd is ReadListHeader that also returns the position (as
+// reported by Pos) at which the list's encoded size says it ends. After
+// reading the elements, Pos must equal end; anything else means the size
+// field disagrees with the content.
+func (r *Reader) ReadListHeaderEnd() (count, end int, err error) {
 	c, err := r.readByte()
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
+	count, end, err = r.listHeader(c)
+	if err != nil && c != TypeList0 && c != TypeList8 && c != TypeList32 {
+		r.pos--
+	}
+	return count, end, err
+}
+
+// listHeader reads the size and count of a list whose constructor c has
+// been consumed. It never rewinds, so arrays can use it for elements that
+// share one constructor.
+func (r *Reader) listHeader(c byte) (count, end int, err error) {
 	switch c {
 	case TypeList0:
-		return 0, nil
+		return 0, r.pos, nil
 	case TypeList8:
 		b, err := r.next(2)
 		if err != nil {
-			return 0, err
+			return 0, 0, err
 		}
 		size, n := int(b[0]), int(b[1])
 		if size < 1 || size-1 > r.Len() || n > size-1 {
-			return 0, fmt.Errorf("%w: list8 size %d count %d", ErrBadSize, size, n)
+			return 0, 0, fmt.Errorf("%w: list8 size %d count %d", ErrBadSize, size, n)
 		}
-		return n, nil
+		return n, r.pos + size - 1, nil
 	case TypeList32:
 		b, err := r.next(8)
 		if err != nil {
-			return 0, err
+			return 0, 0, err
 		}
 		size, n := binary.BigEndian.Uint32(b), binary.BigEndian.Uint32(b[4:])
 		if size < 4 || uint64(size-4) > uint64(r.Len()) || n > size-4 {
-			return 0, fmt.Errorf("%w: list32 size %d count %d", ErrBadSize, size, n)
+			return 0, 0, fmt.Errorf("%w: list32 size %d count %d", ErrBadSize, size, n)
 		}
-		return int(n), nil
+		return int(n), r.pos + int(size-4), nil
 	}
-	r.pos--
-	return 0, fmt.Errorf("%w: want list, got 0x%02x", ErrUnexpected, c)
+	return 0, 0, fmt.Errorf("%w: want list, got 0x%02x", ErrUnexpected, c)
 }
 
 // ReadMapHeader reads a map constructor and returns the number of entries
@@ -160,36 +183,45 @@ func (r *Reader) ReadMapHeader() (count int, err error) {
 	if err != nil {
 		return 0, err
 	}
+	count, _, err = r.mapHeader(c)
+	if err != nil && c != TypeMap8 && c != TypeMap32 {
+		r.pos--
+	}
+	return count, err
+}
+
+// mapHeader reads the size and count of a map whose constructor c has been
+// consumed, returning the count and the position where the map ends.
+func (r *Reader) mapHeader(c byte) (count, end int, err error) {
 	var size, n uint32
 	switch c {
 	case TypeMap8:
 		b, err := r.next(2)
 		if err != nil {
-			return 0, err
+			return 0, 0, err
 		}
 		size, n = uint32(b[0]), uint32(b[1])
 		if size < 1 {
-			return 0, ErrBadSize
+			return 0, 0, ErrBadSize
 		}
 		size--
 	case TypeMap32:
 		b, err := r.next(8)
 		if err != nil {
-			return 0, err
+			return 0, 0, err
 		}
 		size, n = binary.BigEndian.Uint32(b), binary.BigEndian.Uint32(b[4:])
 		if size < 4 {
-			return 0, ErrBadSize
+			return 0, 0, ErrBadSize
 		}
 		size -= 4
 	default:
-		r.pos--
-		return 0, fmt.Errorf("%w: want map, got 0x%02x", ErrUnexpected, c)
+		return 0, 0, fmt.Errorf("%w: want map, got 0x%02x", ErrUnexpected, c)
 	}
 	if uint64(size) > uint64(r.Len()) || n > size || n%2 != 0 {
-		return 0, fmt.Errorf("%w: map size %d count %d", ErrBadSize, size, n)
+		return 0, 0, fmt.Errorf("%w: map size %d count %d", ErrBadSize, size, n)
 	}
-	return int(n), nil
+	return int(n), r.pos + int(size), nil
 }
 
 // ReadBool reads a boolean in any of its three forms.
@@ -198,6 +230,15 @@ func (r *Reader) ReadBool() (bool, error) {
 	if err != nil {
 		return false, err
 	}
+	v, err := r.boolOf(c)
+	if err != nil && c != TypeTrue && c != TypeFalse && c != TypeBoolean {
+		r.pos--
+	}
+	return v, err
+}
+
+// boolOf reads the payload of a boolean whose constructor c was consumed.
+func (r *Reader) boolOf(c byte) (bool, error) {
 	switch c {
 	case TypeTrue:
 		return true, nil
@@ -216,7 +257,6 @@ func (r *Reader) ReadBool() (bool, error) {
 		}
 		return false, fmt.Errorf("%w: boolean byte 0x%02x", ErrInvalidCode, b)
 	}
-	r.pos--
 	return false, fmt.Errorf("%w: want boolean, got 0x%02x", ErrUnexpected, c)
 }
 
@@ -486,8 +526,7 @@ func (r *Reader) readOfCode(c byte, depth int) (any, error) {
 	case TypeFalse:
 		return false, nil
 	case TypeBoolean:
-		r.pos--
-		return r.ReadBool()
+		return r.boolOf(c)
 	case TypeUbyte:
 		b, err := r.readByte()
 		return b, err
@@ -605,8 +644,7 @@ func (r *Reader) readOfCode(c byte, depth int) (any, error) {
 		b, err := r.variable(c == TypeSym32)
 		return Symbol(b), err
 	case TypeList0, TypeList8, TypeList32:
-		r.pos--
-		n, err := r.ReadListHeader()
+		n, end, err := r.listHeader(c)
 		if err != nil {
 			return nil, err
 		}
@@ -616,10 +654,12 @@ func (r *Reader) readOfCode(c byte, depth int) (any, error) {
 				return nil, err
 			}
 		}
+		if r.pos != end {
+			return nil, fmt.Errorf("%w: list size disagrees with its elements", ErrBadSize)
+		}
 		return l, nil
 	case TypeMap8, TypeMap32:
-		r.pos--
-		n, err := r.ReadMapHeader()
+		n, end, err := r.mapHeader(c)
 		if err != nil {
 			return nil, err
 		}
@@ -641,6 +681,9 @@ func (r *Reader) readOfCode(c byte, depth int) (any, error) {
 			}
 			m[k] = v
 		}
+		if r.pos != end {
+			return nil, fmt.Errorf("%w: map size disagrees with its entries", ErrBadSize)
+		}
 		return m, nil
 	case TypeArray8, TypeArray32:
 		return r.readArray(c == TypeArray32, depth)
@@ -649,6 +692,11 @@ func (r *Reader) readOfCode(c byte, depth int) (any, error) {
 }
 
 func (r *Reader) readArray(wide bool, depth int) (any, error) {
+	// Arrays of arrays recurse here without passing through readAny, so
+	// the depth bound must be checked here too.
+	if depth > maxDepth {
+		return nil, ErrTooDeep
+	}
 	var size, n uint64
 	if wide {
 		b, err := r.next(8)
@@ -684,6 +732,11 @@ func (r *Reader) readArray(wide bool, depth int) (any, error) {
 		if arr.Descriptor, err = r.readAny(depth + 1); err != nil {
 			return nil, err
 		}
+		switch arr.Descriptor.(type) {
+		case uint64, Symbol:
+		default:
+			return nil, fmt.Errorf("%w: array descriptor of type %T", ErrInvalidCode, arr.Descriptor)
+		}
 		if c, err = r.readByte(); err != nil {
 			return nil, err
 		}
@@ -693,12 +746,15 @@ func (r *Reader) readArray(wide bool, depth int) (any, error) {
 	}
 	w := fixedWidth(c)
 	switch {
-	case w == 0 && n > maxZeroWidthElems:
+	case w == 0 && n > uint64(maxZeroWidthElems-r.zw):
 		return nil, fmt.Errorf("%w: %d zero-width array elements", ErrBadSize, n)
 	case w > 0 && n*uint64(w) > uint64(end-r.pos):
 		return nil, fmt.Errorf("%w: array count %d", ErrBadSize, n)
 	case w < 0 && n > uint64(end-r.pos):
 		return nil, fmt.Errorf("%w: array count %d", ErrBadSize, n)
+	}
+	if w == 0 {
+		r.zw += int(n)
 	}
 	arr.Elements = make([]any, n)
 	for i := range arr.Elements {

@@ -1,6 +1,7 @@
 package encoding
 
 import (
+	"bytes"
 	"encoding/binary"
 	"fmt"
 	"math"
@@ -314,194 +315,209 @@ type Marshaler interface {
 	AppendAMQP(b []byte) ([]byte, error)
 }
 
-// appendMap writes keys in a stable order so encodings are reproducible
-// (tests and fuzzers compare bytes); AMQP gives map order no meaning.
+// appendMap writes entries in a stable order so encodings are reproducible
+// (tests and fuzzers compare bytes); AMQP gives map order no meaning. The
+// order is that of the encoded keys (then values, for keys such as NaN that
+// encode alike but are distinct map entries).
 func appendMap(b []byte, m map[any]any) ([]byte, error) {
-	keys := make([]any, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
+	type entry struct{ k, v, end int } // offsets into scratch: key at k, value at v, end
+	entries := make([]entry, 0, len(m))
+	var scratch []byte
+	var err error
+	for k, v := range m {
+		e := entry{k: len(scratch)}
+		if scratch, err = AppendAny(scratch, k); err != nil {
+			return nil, err
+		}
+		e.v = len(scratch)
+		if scratch, err = AppendAny(scratch, v); err != nil {
+			return nil, err
+		}
+		e.end = len(scratch)
+		entries = append(entries, e)
 	}
-	sort.Slice(keys, func(i, j int) bool {
-		return fmt.Sprintf("%T:%v", keys[i], keys[i]) < fmt.Sprintf("%T:%v", keys[j], keys[j])
+	sort.Slice(entries, func(i, j int) bool {
+		a, c := entries[i], entries[j]
+		if d := bytes.Compare(scratch[a.k:a.v], scratch[c.k:c.v]); d != 0 {
+			return d < 0
+		}
+		return bytes.Compare(scratch[a.v:a.end], scratch[c.v:c.end]) < 0
 	})
 	b, mark := BeginMap(b)
-	var err error
-	for _, k := range keys {
-		if b, err = AppendAny(b, k); err != nil {
-			return nil, err
-		}
-		if b, err = AppendAny(b, m[k]); err != nil {
-			return nil, err
-		}
+	for _, e := range entries {
+		b = append(b, scratch[e.k:e.end]...)
 	}
-	return EndMap(b, mark, 2*len(keys)), nil
+	return EndMap(b, mark, 2*len(entries)), nil
 }
 
-// AppendArray appends an array. All elements must have the same Go type;
-// the element constructor is the widest form that type needs, since array
-// elements share one constructor.
+// AppendArray appends an array. All elements must be of one AMQP type, since
+// they share one constructor; with a Descriptor, elements may be given bare
+// or as *Described (whose own descriptor is then ignored). The writer picks
+// array8 when it fits and the narrowest element constructor that holds every
+// element (e.g. smalluint when all values are below 256, str8 when all
+// strings are shorter than 256 bytes). Zero-width constructors (uint0, true,
+// list0, ...) are not used for elements, except null for an array of nulls.
+// An empty array gets the null constructor.
 func AppendArray(b []byte, a Array) ([]byte, error) {
-	start := len(b)
-	b = append(b, TypeArray32, 0, 0, 0, 0)
-	b = binary.BigEndian.AppendUint32(b, uint32(len(a.Elements)))
-	var err error
+	// Encode each element in its own smallest form, then widen all of them
+	// to the widest constructor met.
+	var scratch []byte
+	offs := make([]int, len(a.Elements)+1)
+	ctor := TypeNull
+	for i, e := range a.Elements {
+		if d, ok := e.(*Described); ok && a.Descriptor != nil {
+			e = d.Value
+		}
+		offs[i] = len(scratch)
+		var err error
+		if scratch, err = AppendAny(scratch, e); err != nil {
+			return nil, err
+		}
+		code := scratch[offs[i]]
+		fam, rank := arrayForm(code)
+		if fam == TypeDescribed {
+			return nil, fmt.Errorf("encoding: array element %T is described but the array has no Descriptor", e)
+		}
+		if i == 0 {
+			ctor = elemCtor(code)
+			continue
+		}
+		cf, cr := arrayForm(ctor)
+		if cf != fam {
+			return nil, fmt.Errorf("encoding: mixed array elements 0x%02x and 0x%02x", ctor, code)
+		}
+		if rank > cr {
+			ctor = elemCtor(code)
+		}
+	}
+	offs[len(a.Elements)] = len(scratch)
+
+	b, mark := BeginList(b) // same 9-byte placeholder as a list32 header
 	if a.Descriptor != nil {
-		b = append(b, TypeDescribed)
-		if b, err = AppendAny(b, a.Descriptor); err != nil {
+		var err error
+		if b, err = AppendAny(append(b, TypeDescribed), a.Descriptor); err != nil {
 			return nil, err
 		}
 	}
-	if len(a.Elements) == 0 {
-		b = append(b, TypeNull)
-	} else {
-		code, err := arrayCode(a.Elements[0], a.Descriptor != nil)
-		if err != nil {
-			return nil, err
-		}
-		b = append(b, code)
-		for _, e := range a.Elements {
-			if a.Descriptor != nil {
-				if d, ok := e.(*Described); ok {
-					e = d.Value
-				}
-			}
-			if b, err = appendArrayElem(b, code, e); err != nil {
-				return nil, err
-			}
-		}
+	b = append(b, ctor)
+	for i := range a.Elements {
+		b = widenElem(b, ctor, scratch[offs[i]:offs[i+1]])
 	}
-	binary.BigEndian.PutUint32(b[start+1:], uint32(len(b)-start-5))
-	return b, nil
+	return endComposite(b, mark, len(a.Elements), 0, TypeArray8, TypeArray32), nil
 }
 
-func arrayCode(e any, described bool) (byte, error) {
-	if d, ok := e.(*Described); ok && described {
-		e = d.Value
+// arrayForm groups format codes into families whose members can share one
+// array constructor; rank orders the members from narrow to wide.
+func arrayForm(code byte) (family byte, rank int) {
+	switch code {
+	case TypeTrue, TypeFalse, TypeBoolean:
+		return TypeBoolean, 0
+	case TypeUint0:
+		return TypeUint, 0
+	case TypeSmallUint:
+		return TypeUint, 1
+	case TypeUint:
+		return TypeUint, 2
+	case TypeUlong0:
+		return TypeUlong, 0
+	case TypeSmallUlong:
+		return TypeUlong, 1
+	case TypeUlong:
+		return TypeUlong, 2
+	case TypeSmallInt:
+		return TypeInt, 1
+	case TypeInt:
+		return TypeInt, 2
+	case TypeSmallLong:
+		return TypeLong, 1
+	case TypeLong:
+		return TypeLong, 2
+	case TypeVbin8:
+		return TypeVbin32, 1
+	case TypeVbin32:
+		return TypeVbin32, 2
+	case TypeStr8:
+		return TypeStr32, 1
+	case TypeStr32:
+		return TypeStr32, 2
+	case TypeSym8:
+		return TypeSym32, 1
+	case TypeSym32:
+		return TypeSym32, 2
+	case TypeList0:
+		return TypeList32, 0
+	case TypeList8:
+		return TypeList32, 1
+	case TypeList32:
+		return TypeList32, 2
+	case TypeMap8:
+		return TypeMap32, 1
+	case TypeMap32:
+		return TypeMap32, 2
+	case TypeArray8:
+		return TypeArray32, 1
+	case TypeArray32:
+		return TypeArray32, 2
 	}
-	switch e.(type) {
-	case bool:
-		return TypeBoolean, nil
-	case uint8:
-		return TypeUbyte, nil
-	case uint16:
-		return TypeUshort, nil
-	case uint32:
-		return TypeUint, nil
-	case uint64, uint:
-		return TypeUlong, nil
-	case int8:
-		return TypeByte, nil
-	case int16:
-		return TypeShort, nil
-	case int32:
-		return TypeInt, nil
-	case int64, int:
-		return TypeLong, nil
-	case float32:
-		return TypeFloat, nil
-	case float64:
-		return TypeDouble, nil
-	case Char:
-		return TypeChar, nil
-	case time.Time:
-		return TypeTimestamp, nil
-	case UUID:
-		return TypeUUID, nil
-	case []byte:
-		return TypeVbin32, nil
-	case string:
-		return TypeStr32, nil
-	case Symbol:
-		return TypeSym32, nil
-	case []any:
-		return TypeList32, nil
-	case map[any]any:
-		return TypeMap32, nil
-	}
-	return 0, fmt.Errorf("encoding: cannot encode %T as an array element", e)
+	return code, 0
 }
 
-// appendArrayElem appends e without its constructor, in the form code names.
-func appendArrayElem(b []byte, code byte, e any) ([]byte, error) {
-	tmp, err := AppendAny(nil, e)
-	if err != nil {
-		return nil, err
+// elemCtor is the array element constructor for an element whose own
+// smallest encoding starts with code: zero-width forms other than null are
+// replaced by the narrowest form with a payload.
+func elemCtor(code byte) byte {
+	switch code {
+	case TypeTrue, TypeFalse:
+		return TypeBoolean
+	case TypeUint0:
+		return TypeSmallUint
+	case TypeUlong0:
+		return TypeSmallUlong
+	case TypeList0:
+		return TypeList8
+	}
+	return code
+}
+
+// widenElem appends the payload of the encoded value enc (constructor
+// included) re-expressed under the array constructor ctor of its family.
+func widenElem(b []byte, ctor byte, enc []byte) []byte {
+	code, p := enc[0], enc[1:]
+	if code == ctor {
+		return append(b, p...)
 	}
 	switch code {
-	case TypeBoolean:
-		v, ok := e.(bool)
-		if !ok {
-			return nil, fmt.Errorf("encoding: mixed array element %T", e)
-		}
-		if v {
-			return append(b, 1), nil
-		}
-		return append(b, 0), nil
-	case TypeUint, TypeUlong, TypeInt, TypeLong, TypeVbin32, TypeStr32, TypeSym32, TypeList32, TypeMap32:
-		// Re-read the compact form and widen it to the shared constructor.
-		r := NewReader(tmp)
-		switch code {
+	case TypeTrue:
+		return append(b, 1)
+	case TypeFalse:
+		return append(b, 0)
+	case TypeUint0, TypeUlong0:
+		switch ctor {
+		case TypeSmallUint, TypeSmallUlong:
+			return append(b, 0)
 		case TypeUint:
-			v, err := r.ReadUint()
-			if err != nil {
-				return nil, err
-			}
-			return binary.BigEndian.AppendUint32(b, v), nil
-		case TypeUlong:
-			v, err := r.ReadUlong()
-			if err != nil {
-				return nil, err
-			}
-			return binary.BigEndian.AppendUint64(b, v), nil
-		case TypeInt:
-			v, err := r.ReadLong()
-			if err != nil {
-				return nil, err
-			}
-			return binary.BigEndian.AppendUint32(b, uint32(int32(v))), nil
-		case TypeLong:
-			v, err := r.ReadLong()
-			if err != nil {
-				return nil, err
-			}
-			return binary.BigEndian.AppendUint64(b, uint64(v)), nil
-		case TypeVbin32, TypeStr32, TypeSym32:
-			v, err := r.readVariableAny()
-			if err != nil {
-				return nil, err
-			}
-			b = binary.BigEndian.AppendUint32(b, uint32(len(v)))
-			return append(b, v...), nil
-		case TypeList32, TypeMap32:
-			c := tmp[0]
-			if c == TypeList0 {
-				return append(b, 0, 0, 0, 4, 0, 0, 0, 0), nil
-			}
-			if c == TypeList8 || c == TypeMap8 {
-				size, count := uint32(tmp[1]), uint32(tmp[2])
-				b = binary.BigEndian.AppendUint32(b, size+3)
-				b = binary.BigEndian.AppendUint32(b, count)
-				return append(b, tmp[3:]...), nil
-			}
-			return append(b, tmp[1:]...), nil
+			return append(b, 0, 0, 0, 0)
 		}
-	}
-	if len(tmp) == 0 || tmp[0] != code {
-		return nil, fmt.Errorf("encoding: mixed array element %T", e)
-	}
-	return append(b, tmp[1:]...), nil
-}
-
-func (r *Reader) readVariableAny() ([]byte, error) {
-	c, err := r.readByte()
-	if err != nil {
-		return nil, err
-	}
-	switch c {
+		return append(b, 0, 0, 0, 0, 0, 0, 0, 0)
+	case TypeSmallUint:
+		return binary.BigEndian.AppendUint32(b, uint32(p[0]))
+	case TypeSmallUlong:
+		return binary.BigEndian.AppendUint64(b, uint64(p[0]))
+	case TypeSmallInt:
+		return binary.BigEndian.AppendUint32(b, uint32(int32(int8(p[0]))))
+	case TypeSmallLong:
+		return binary.BigEndian.AppendUint64(b, uint64(int64(int8(p[0]))))
 	case TypeVbin8, TypeStr8, TypeSym8:
-		return r.variable(false)
-	case TypeVbin32, TypeStr32, TypeSym32:
-		return r.variable(true)
+		return append(binary.BigEndian.AppendUint32(b, uint32(p[0])), p[1:]...)
+	case TypeList0:
+		if ctor == TypeList8 {
+			return append(b, 1, 0)
+		}
+		return append(b, 0, 0, 0, 4, 0, 0, 0, 0)
+	case TypeList8, TypeMap8, TypeArray8:
+		b = binary.BigEndian.AppendUint32(b, uint32(p[0])+3)
+		b = binary.BigEndian.AppendUint32(b, uint32(p[1]))
+		return append(b, p[2:]...)
 	}
-	return nil, ErrUnexpected
+	return append(b, p...) // unreachable: same family and rank means same code
 }

@@ -11,6 +11,59 @@ import (
 // ErrMissingField reports a mandatory field that was null or absent.
 var ErrMissingField = errors.New("frames: mandatory field missing")
 
+// errListSize reports a described list whose encoded size disagrees with
+// the fields it holds (they end before or run past it).
+var errListSize = fmt.Errorf("%w: list size disagrees with its fields", encoding.ErrBadSize)
+
+// symbolCodes maps the symbolic descriptors of the spec types to their
+// numeric codes; the spec lets a peer use either form.
+var symbolCodes = map[encoding.Symbol]uint64{
+	"amqp:error:list":                 CodeError,
+	"amqp:open:list":                  CodeOpen,
+	"amqp:begin:list":                 CodeBegin,
+	"amqp:attach:list":                CodeAttach,
+	"amqp:flow:list":                  CodeFlow,
+	"amqp:transfer:list":              CodeTransfer,
+	"amqp:disposition:list":           CodeDisposition,
+	"amqp:detach:list":                CodeDetach,
+	"amqp:end:list":                   CodeEnd,
+	"amqp:close:list":                 CodeClose,
+	"amqp:received:list":              CodeReceived,
+	"amqp:accepted:list":              CodeAccepted,
+	"amqp:rejected:list":              CodeRejected,
+	"amqp:released:list":              CodeReleased,
+	"amqp:modified:list":              CodeModified,
+	"amqp:source:list":                CodeSource,
+	"amqp:target:list":                CodeTarget,
+	"amqp:sasl-mechanisms:list":       CodeSASLMechanisms,
+	"amqp:sasl-init:list":             CodeSASLInit,
+	"amqp:sasl-challenge:list":        CodeSASLChallenge,
+	"amqp:sasl-response:list":         CodeSASLResponse,
+	"amqp:sasl-outcome:list":          CodeSASLOutcome,
+	"amqp:header:list":                CodeHeader,
+	"amqp:delivery-annotations:map":   CodeDeliveryAnn,
+	"amqp:message-annotations:map":    CodeMessageAnn,
+	"amqp:properties:list":            CodeProperties,
+	"amqp:application-properties:map": CodeAppProperties,
+	"amqp:data:binary":                CodeData,
+	"amqp:amqp-sequence:list":         CodeSequence,
+	"amqp:amqp-value:*":               CodeValue,
+	"amqp:footer:map":                 CodeFooter,
+}
+
+// readCode reads a descriptor and returns its numeric code, translating the
+// spec's symbolic descriptors. An unknown symbol is an error.
+func readCode(r *encoding.Reader) (uint64, error) {
+	code, sym, err := r.ReadDescriptor()
+	if err != nil || sym == "" {
+		return code, err
+	}
+	if c, ok := symbolCodes[sym]; ok {
+		return c, nil
+	}
+	return 0, fmt.Errorf("%w: descriptor %q", encoding.ErrUnexpected, sym)
+}
+
 // Decoder decodes frame bodies into structs it owns and reuses, so the hot
 // performatives (flow, transfer, disposition) decode without allocating.
 // A performative returned by Decode is valid until the next call.
@@ -37,14 +90,11 @@ type Decoder struct {
 func (d *Decoder) Decode(body []byte) (Performative, error) {
 	r := &d.r
 	r.Reset(body)
-	code, sym, err := r.ReadDescriptor()
+	code, err := readCode(r)
 	if err != nil {
 		return nil, fmt.Errorf("performative descriptor: %w", err)
 	}
-	if sym != "" {
-		return nil, fmt.Errorf("frames: unexpected symbolic descriptor %q", sym)
-	}
-	n, err := r.ReadListHeader()
+	n, end, err := r.ReadListHeaderEnd()
 	if err != nil {
 		return nil, fmt.Errorf("performative 0x%02x: %w", code, err)
 	}
@@ -65,7 +115,6 @@ func (d *Decoder) Decode(body []byte) (Performative, error) {
 	case CodeTransfer:
 		d.transfer = Transfer{}
 		p, err = &d.transfer, decodeTransfer(r, n, &d.transfer)
-		d.transfer.Payload = r.Bytes()
 	case CodeDisposition:
 		d.disp = Disposition{}
 		p, err = &d.disp, decodeDisposition(r, n, &d.disp)
@@ -96,10 +145,15 @@ func (d *Decoder) Decode(body []byte) (Performative, error) {
 	default:
 		return nil, fmt.Errorf("frames: unknown performative 0x%02x", code)
 	}
+	if err == nil && r.Pos() != end {
+		err = errListSize
+	}
 	if err != nil {
 		return nil, fmt.Errorf("%T: %w", p, err)
 	}
-	if code != CodeTransfer && r.Len() != 0 {
+	if code == CodeTransfer {
+		d.transfer.Payload = r.Bytes()
+	} else if r.Len() != 0 {
 		return nil, fmt.Errorf("frames: %d trailing bytes after %T", r.Len(), p)
 	}
 	return p, nil
@@ -453,7 +507,7 @@ func decodeErrorOnly(r *encoding.Reader, n int, e **Error) error {
 }
 
 func decodeMechanisms(r *encoding.Reader, n int, m *SASLMechanisms) error {
-	return fieldLoop(r, n, func(i int) (bool, error) {
+	err := fieldLoop(r, n, func(i int) (bool, error) {
 		if i != 0 {
 			return false, nil
 		}
@@ -461,6 +515,10 @@ func decodeMechanisms(r *encoding.Reader, n int, m *SASLMechanisms) error {
 		m.Mechanisms, err = r.ReadSymbols()
 		return true, err
 	})
+	if err == nil && len(m.Mechanisms) == 0 {
+		err = fmt.Errorf("%w: sasl-server-mechanisms", ErrMissingField)
+	}
+	return err
 }
 
 func decodeSASLInit(r *encoding.Reader, n int, m *SASLInit) error {
@@ -487,24 +545,32 @@ func decodeSASLInit(r *encoding.Reader, n int, m *SASLInit) error {
 }
 
 func decodeBinaryOnly(r *encoding.Reader, n int, dst *[]byte) error {
-	return fieldLoop(r, n, func(i int) (bool, error) {
+	seen := false
+	err := fieldLoop(r, n, func(i int) (bool, error) {
 		if i != 0 {
 			return false, nil
 		}
 		var err error
 		*dst, err = r.ReadBinary()
+		seen = true
 		return true, err
 	})
+	if err == nil && !seen {
+		err = fmt.Errorf("%w: sasl challenge or response", ErrMissingField)
+	}
+	return err
 }
 
 func decodeOutcome(r *encoding.Reader, n int, m *SASLOutcome) error {
-	return fieldLoop(r, n, func(i int) (bool, error) {
+	seen := false
+	err := fieldLoop(r, n, func(i int) (bool, error) {
 		var err error
 		switch i {
 		case 0:
 			var v uint8
 			v, err = r.ReadUbyte()
 			m.Result = SASLCode(v)
+			seen = true
 		case 1:
 			m.AdditionalData, err = r.ReadBinary()
 		default:
@@ -512,19 +578,33 @@ func decodeOutcome(r *encoding.Reader, n int, m *SASLOutcome) error {
 		}
 		return true, err
 	})
+	if err == nil && !seen {
+		// A missing code must not read as SASLOK.
+		err = fmt.Errorf("%w: sasl-outcome code", ErrMissingField)
+	}
+	return err
 }
 
 // describedList reads a described list with the wanted descriptor (numeric
-// code or symbolic name) and returns its element count.
-func describedList(r *encoding.Reader, code uint64, name string) (int, error) {
+// code or symbolic name) and returns its element count and end position
+// (for endList).
+func describedList(r *encoding.Reader, code uint64, name string) (n, end int, err error) {
 	c, sym, err := r.ReadDescriptor()
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	if sym != "" && string(sym) != name || sym == "" && c != code {
-		return 0, fmt.Errorf("%w: descriptor %v%s, want %s", encoding.ErrUnexpected, c, sym, name)
+		return 0, 0, fmt.Errorf("%w: descriptor %v%s, want %s", encoding.ErrUnexpected, c, sym, name)
 	}
-	return r.ReadListHeader()
+	return r.ReadListHeaderEnd()
+}
+
+// endList checks that the fields of a list ended where its size said.
+func endList(r *encoding.Reader, end int, err error) error {
+	if err == nil && r.Pos() != end {
+		return errListSize
+	}
+	return err
 }
 
 // DecodeError decodes an amqp:error:list (or null).
@@ -532,16 +612,18 @@ func DecodeError(r *encoding.Reader) (*Error, error) {
 	if r.SkipNull() {
 		return nil, nil
 	}
-	n, err := describedList(r, CodeError, "amqp:error:list")
+	n, end, err := describedList(r, CodeError, "amqp:error:list")
 	if err != nil {
 		return nil, err
 	}
 	e := &Error{}
+	seen := false
 	err = fieldLoop(r, n, func(i int) (bool, error) {
 		var err error
 		switch i {
 		case 0:
 			e.Condition, err = r.ReadSymbol()
+			seen = true
 		case 1:
 			e.Description, err = r.ReadString()
 		case 2:
@@ -551,7 +633,10 @@ func DecodeError(r *encoding.Reader) (*Error, error) {
 		}
 		return true, err
 	})
-	return e, err
+	if err == nil && !seen {
+		err = fmt.Errorf("%w: error condition", ErrMissingField)
+	}
+	return e, endList(r, end, err)
 }
 
 // DecodeState decodes a delivery state (or null, giving nil).
@@ -559,35 +644,22 @@ func DecodeState(r *encoding.Reader) (DeliveryState, error) {
 	if r.SkipNull() {
 		return nil, nil
 	}
-	code, sym, err := r.ReadDescriptor()
+	code, err := readCode(r)
 	if err != nil {
 		return nil, err
 	}
-	if sym != "" {
-		switch sym {
-		case "amqp:received:list":
-			code = CodeReceived
-		case "amqp:accepted:list":
-			code = CodeAccepted
-		case "amqp:rejected:list":
-			code = CodeRejected
-		case "amqp:released:list":
-			code = CodeReleased
-		case "amqp:modified:list":
-			code = CodeModified
-		}
-	}
-	n, err := r.ReadListHeader()
+	n, end, err := r.ReadListHeaderEnd()
 	if err != nil {
 		return nil, err
 	}
 	switch code {
 	case CodeAccepted:
-		return Accepted{}, r.SkipN(n)
+		return Accepted{}, endList(r, end, r.SkipN(n))
 	case CodeReleased:
-		return Released{}, r.SkipN(n)
+		return Released{}, endList(r, end, r.SkipN(n))
 	case CodeReceived:
 		var s Received
+		var seen [2]bool
 		err := fieldLoop(r, n, func(i int) (bool, error) {
 			var err error
 			switch i {
@@ -598,9 +670,13 @@ func DecodeState(r *encoding.Reader) (DeliveryState, error) {
 			default:
 				return false, nil
 			}
+			seen[i] = true
 			return true, err
 		})
-		return s, err
+		if err == nil && !(seen[0] && seen[1]) {
+			err = fmt.Errorf("%w: received section-number or section-offset", ErrMissingField)
+		}
+		return s, endList(r, end, err)
 	case CodeRejected:
 		var s Rejected
 		err := fieldLoop(r, n, func(i int) (bool, error) {
@@ -611,7 +687,7 @@ func DecodeState(r *encoding.Reader) (DeliveryState, error) {
 			s.Error, err = DecodeError(r)
 			return true, err
 		})
-		return s, err
+		return s, endList(r, end, err)
 	case CodeModified:
 		var s Modified
 		err := fieldLoop(r, n, func(i int) (bool, error) {
@@ -628,9 +704,9 @@ func DecodeState(r *encoding.Reader) (DeliveryState, error) {
 			}
 			return true, err
 		})
-		return s, err
+		return s, endList(r, end, err)
 	}
-	return nil, fmt.Errorf("%w: delivery state 0x%x%s", encoding.ErrUnexpected, code, sym)
+	return nil, fmt.Errorf("%w: delivery state 0x%x", encoding.ErrUnexpected, code)
 }
 
 // readAddress reads an address field, which the spec types as "*" and
@@ -654,7 +730,7 @@ func DecodeSource(r *encoding.Reader) (*Source, error) {
 	if r.SkipNull() {
 		return nil, nil
 	}
-	n, err := describedList(r, CodeSource, "amqp:source:list")
+	n, end, err := describedList(r, CodeSource, "amqp:source:list")
 	if err != nil {
 		return nil, err
 	}
@@ -703,7 +779,7 @@ func DecodeSource(r *encoding.Reader) (*Source, error) {
 		}
 		return true, err
 	})
-	return s, err
+	return s, endList(r, end, err)
 }
 
 // DecodeTarget decodes a target terminus (or null, giving nil).
@@ -711,7 +787,7 @@ func DecodeTarget(r *encoding.Reader) (*Target, error) {
 	if r.SkipNull() {
 		return nil, nil
 	}
-	n, err := describedList(r, CodeTarget, "amqp:target:list")
+	n, end, err := describedList(r, CodeTarget, "amqp:target:list")
 	if err != nil {
 		return nil, err
 	}
@@ -738,5 +814,5 @@ func DecodeTarget(r *encoding.Reader) (*Target, error) {
 		}
 		return true, err
 	})
-	return t, err
+	return t, endList(r, end, err)
 }

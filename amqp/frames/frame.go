@@ -66,11 +66,13 @@ func ParseFrameHeader(b []byte, maxSize uint32) (FrameHeader, error) {
 func AppendFrame(b []byte, typ byte, channel uint16, p Performative, payload []byte) ([]byte, error) {
 	start := len(b)
 	b = append(b, 0, 0, 0, 0, 2, typ, byte(channel>>8), byte(channel))
-	var err error
 	if p != nil {
-		if b, err = p.AppendAMQP(b); err != nil {
+		// AppendAMQP returns nil on error, so keep b to hand back unchanged.
+		out, err := p.AppendAMQP(b)
+		if err != nil {
 			return b[:start], err
 		}
+		b = out
 	}
 	b = append(b, payload...)
 	binary.BigEndian.PutUint32(b[start:], uint32(len(b)-start))

@@ -24,12 +24,9 @@ func SplitSections(b []byte, dst []Section) ([]Section, error) {
 	r := encoding.NewReader(b)
 	for r.Len() > 0 {
 		start := r.Pos()
-		code, sym, err := r.ReadDescriptor()
+		code, err := readCode(r)
 		if err != nil {
 			return nil, fmt.Errorf("message section at byte %d: %w", start, err)
-		}
-		if sym != "" {
-			return nil, fmt.Errorf("frames: unexpected symbolic section descriptor %q", sym)
 		}
 		if code < CodeHeader || code > CodeFooter {
 			return nil, fmt.Errorf("frames: 0x%x is not a message section", code)
@@ -47,12 +44,9 @@ func (m *Message) UnmarshalAMQP(b []byte) error {
 	*m = Message{}
 	r := encoding.NewReader(b)
 	for r.Len() > 0 {
-		code, sym, err := r.ReadDescriptor()
+		code, err := readCode(r)
 		if err != nil {
 			return fmt.Errorf("message section: %w", err)
-		}
-		if sym != "" {
-			return fmt.Errorf("frames: unexpected symbolic section descriptor %q", sym)
 		}
 		switch code {
 		case CodeHeader:
@@ -104,7 +98,7 @@ func (m *Message) UnmarshalAMQP(b []byte) error {
 }
 
 func decodeHeader(r *encoding.Reader) (*Header, error) {
-	n, err := r.ReadListHeader()
+	n, end, err := r.ReadListHeaderEnd()
 	if err != nil {
 		return nil, err
 	}
@@ -129,11 +123,11 @@ func decodeHeader(r *encoding.Reader) (*Header, error) {
 		}
 		return true, err
 	})
-	return h, err
+	return h, endList(r, end, err)
 }
 
 func decodeProperties(r *encoding.Reader) (*Properties, error) {
-	n, err := r.ReadListHeader()
+	n, end, err := r.ReadListHeaderEnd()
 	if err != nil {
 		return nil, err
 	}
@@ -172,7 +166,7 @@ func decodeProperties(r *encoding.Reader) (*Properties, error) {
 		}
 		return true, err
 	})
-	return p, err
+	return p, endList(r, end, err)
 }
 
 // readMessageID reads a message-id or correlation-id: ulong, uuid, binary or

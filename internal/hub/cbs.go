@@ -158,4 +158,3 @@ func (cs *ConnState) cbsReplyLink(req *amqp.Link, replyTo string) *amqp.Link {
 	}
 	return any
 }
-

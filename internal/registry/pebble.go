@@ -312,7 +312,7 @@ func (s *PebbleStore) GetDevice(ctx context.Context, deviceID string) (Device, e
 
 // CreateDevice implements Store.
 func (s *PebbleStore) CreateDevice(ctx context.Context, d Device) (Device, error) {
-	d, err := prepareDevice(d)
+	d, err := prepareDevice(d, nil)
 	if err != nil {
 		return Device{}, err
 	}
@@ -349,8 +349,7 @@ func (s *PebbleStore) CreateDevice(ctx context.Context, d Device) (Device, error
 
 // ReplaceDevice implements Store.
 func (s *PebbleStore) ReplaceDevice(ctx context.Context, d Device, ifMatch string) (Device, error) {
-	d, err := prepareDevice(d)
-	if err != nil {
+	if err := ValidateID("deviceId", d.DeviceID); err != nil {
 		return Device{}, err
 	}
 	if err := s.enter(); err != nil {
@@ -367,6 +366,9 @@ func (s *PebbleStore) ReplaceDevice(ctx context.Context, d Device, ifMatch strin
 	}
 	if !etagMatches(ifMatch, cur.ETag) {
 		return Device{}, fmt.Errorf("device %q: %w", d.DeviceID, ErrPreconditionFailed)
+	}
+	if d, err = prepareDevice(d, &cur.Authentication); err != nil {
+		return Device{}, err
 	}
 	etag, err := newETag()
 	if err != nil {
@@ -571,7 +573,7 @@ func (s *PebbleStore) GetModule(ctx context.Context, deviceID, moduleID string) 
 
 // CreateModule implements Store.
 func (s *PebbleStore) CreateModule(ctx context.Context, m Module) (Module, error) {
-	m, err := prepareModule(m)
+	m, err := prepareModule(m, nil)
 	if err != nil {
 		return Module{}, err
 	}
@@ -609,8 +611,10 @@ func (s *PebbleStore) CreateModule(ctx context.Context, m Module) (Module, error
 
 // ReplaceModule implements Store.
 func (s *PebbleStore) ReplaceModule(ctx context.Context, m Module, ifMatch string) (Module, error) {
-	m, err := prepareModule(m)
-	if err != nil {
+	if err := ValidateID("deviceId", m.DeviceID); err != nil {
+		return Module{}, err
+	}
+	if err := ValidateID("moduleId", m.ModuleID); err != nil {
 		return Module{}, err
 	}
 	if err := s.enter(); err != nil {
@@ -627,6 +631,9 @@ func (s *PebbleStore) ReplaceModule(ctx context.Context, m Module, ifMatch strin
 	}
 	if !etagMatches(ifMatch, cur.ETag) {
 		return Module{}, fmt.Errorf("module %q on device %q: %w", m.ModuleID, m.DeviceID, ErrPreconditionFailed)
+	}
+	if m, err = prepareModule(m, &cur.Authentication); err != nil {
+		return Module{}, err
 	}
 	etag, err := newETag()
 	if err != nil {

@@ -63,8 +63,10 @@ const AnyETag = "*"
 // ErrPreconditionFailed.
 //
 // Create and Replace ignore the service-set fields of their input
-// (generationId, etag, timestamps, connection state, message count), fill in
-// missing SAS keys with random ones, and return the stored value.
+// (generationId, etag, timestamps, connection state, message count) and
+// return the stored value. Missing SAS keys are generated on Create; on
+// Replace they keep their current value, so an update that omits keys
+// does not rotate them (use Regenerate*Key for that).
 type Store interface {
 	CreateDevice(ctx context.Context, d Device) (Device, error)
 	GetDevice(ctx context.Context, deviceID string) (Device, error)

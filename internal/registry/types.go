@@ -166,9 +166,10 @@ func validateKey(which, k string) error {
 	return nil
 }
 
-// normalizeAuth validates a, fills missing SAS keys with generated ones and
-// canonicalises the type's spelling.
-func normalizeAuth(a Authentication) (Authentication, error) {
+// normalizeAuth validates a, fills missing SAS keys from keep (the keys a
+// replaced identity had, so an update that omits keys does not rotate
+// them) or else with generated ones, and canonicalises the type's spelling.
+func normalizeAuth(a Authentication, keep *Authentication) (Authentication, error) {
 	switch strings.ToLower(string(a.Type)) {
 	case "", "sas":
 		a.Type = AuthSAS
@@ -197,6 +198,13 @@ func normalizeAuth(a Authentication) (Authentication, error) {
 			name string
 			val  *string
 		}{{"primaryKey", &a.SymmetricKey.PrimaryKey}, {"secondaryKey", &a.SymmetricKey.SecondaryKey}} {
+			if *k.val == "" && keep != nil && keep.Type == AuthSAS {
+				if k.name == "primaryKey" {
+					*k.val = keep.SymmetricKey.PrimaryKey
+				} else {
+					*k.val = keep.SymmetricKey.SecondaryKey
+				}
+			}
 			if *k.val == "" {
 				nk, err := NewKey()
 				if err != nil {
@@ -246,9 +254,10 @@ func normalizeStatus(s Status) (Status, error) {
 }
 
 // prepareDevice validates the caller-settable fields of d and returns d with
-// them canonicalised and keys generated where missing. Service-set fields
-// are left for the store to fill.
-func prepareDevice(d Device) (Device, error) {
+// them canonicalised and keys filled where missing (see normalizeAuth; keep
+// is the replaced device's authentication, nil on create). Service-set
+// fields are left for the store to fill.
+func prepareDevice(d Device, keep *Authentication) (Device, error) {
 	if err := ValidateID("deviceId", d.DeviceID); err != nil {
 		return d, err
 	}
@@ -263,7 +272,7 @@ func prepareDevice(d Device) (Device, error) {
 	if len(d.DeviceScope) > 1024 || len(d.ParentScopes) > 10 {
 		return d, fmt.Errorf("%w: deviceScope or parentScopes too long", ErrInvalidArgument)
 	}
-	a, err := normalizeAuth(d.Authentication)
+	a, err := normalizeAuth(d.Authentication, keep)
 	if err != nil {
 		return d, err
 	}
@@ -271,7 +280,7 @@ func prepareDevice(d Device) (Device, error) {
 	return d.clone(), nil
 }
 
-func prepareModule(m Module) (Module, error) {
+func prepareModule(m Module, keep *Authentication) (Module, error) {
 	if err := ValidateID("deviceId", m.DeviceID); err != nil {
 		return m, err
 	}
@@ -281,7 +290,7 @@ func prepareModule(m Module) (Module, error) {
 	if len(m.ManagedBy) > MaxIDLength {
 		return m, fmt.Errorf("%w: managedBy is longer than %d characters", ErrInvalidArgument, MaxIDLength)
 	}
-	a, err := normalizeAuth(m.Authentication)
+	a, err := normalizeAuth(m.Authentication, keep)
 	if err != nil {
 		return m, err
 	}

@@ -409,4 +409,3 @@ func (s *Server) DeviceConnectionString(ctx context.Context, deviceID string) (s
 	}
 	return fmt.Sprintf("HostName=%s;DeviceId=%s;SharedAccessKey=%s", s.Options.HostName, deviceID, d.Authentication.SymmetricKey.PrimaryKey), nil
 }
-

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -151,5 +152,94 @@ func TestCodecRoundTrip(t *testing.T) {
 		if _, _, err := decodeMessage(mv[:n]); err == nil {
 			t.Fatalf("truncated message header of %d bytes accepted", n)
 		}
+	}
+}
+
+// TestNothingVisibleBeforeCommit holds a commit and checks that neither the
+// message it enqueues nor the feedback it creates can be handed out before
+// it is durable: a crash at that point would otherwise deliver something
+// the store then forgets.
+func TestNothingVisibleBeforeCommit(t *testing.T) {
+	var holding atomic.Bool
+	entered := make(chan struct{})
+	release := make(chan struct{})
+	s, err := OpenPebble("db", PebbleOptions{
+		InMemory: true,
+		Config:   Config{ManualSweep: true},
+		testHookBeforeCommit: func() {
+			if holding.Load() {
+				entered <- struct{}{}
+				<-release
+			}
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ctx := context.Background()
+	watch, stop := s.Watch("dev")
+	defer stop()
+	fbWatch, stopFb := s.WatchFeedback()
+	defer stopFb()
+
+	holding.Store(true)
+	done := make(chan error, 1)
+	go func() {
+		_, err := s.Enqueue(ctx, "dev", NewMessage{Ack: AckFull})
+		done <- err
+	}()
+	<-entered
+	if _, ok, err := s.Lock(ctx, "dev"); ok || err != nil {
+		t.Fatalf("Lock during the enqueue's commit = %v, %v; want nothing", ok, err)
+	}
+	select {
+	case <-watch:
+		t.Fatal("watch signalled before the enqueue was durable")
+	default:
+	}
+	holding.Store(false)
+	close(release)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	<-watch
+	m, ok, err := s.Lock(ctx, "dev")
+	if err != nil || !ok {
+		t.Fatalf("Lock: %v %v", ok, err)
+	}
+
+	entered = make(chan struct{})
+	release = make(chan struct{})
+	holding.Store(true)
+	go func() { done <- s.Complete(ctx, "dev", m.LockToken) }()
+	// The lock's own write may be committed first; wait for the commit that
+	// holds the completion.
+	for {
+		<-entered
+		s.mu.Lock()
+		pending := len(s.fb)
+		s.mu.Unlock()
+		if pending > 0 {
+			break
+		}
+		release <- struct{}{}
+	}
+	if _, ok, err := s.TakeFeedback(ctx, 10); ok || err != nil {
+		t.Fatalf("TakeFeedback during the completion's commit = %v, %v; want nothing", ok, err)
+	}
+	select {
+	case <-fbWatch:
+		t.Fatal("feedback watch signalled before the record was durable")
+	default:
+	}
+	holding.Store(false)
+	close(release)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	<-fbWatch
+	if b, ok, err := s.TakeFeedback(ctx, 10); !ok || err != nil || len(b.Records) != 1 {
+		t.Fatalf("TakeFeedback after the commit = %+v, %v, %v", b, ok, err)
 	}
 }

@@ -263,6 +263,20 @@ func testReplaceETag(t *testing.T, s registry.Store) {
 		t.Fatalf("GetDevice after replace = %+v, %v", back, err)
 	}
 
+	// Omitted keys are kept, given keys replace.
+	noKeys := back
+	noKeys.Authentication = registry.Authentication{}
+	kept, err := s.ReplaceDevice(ctx, noKeys, "*")
+	if err != nil || kept.Authentication.SymmetricKey != d.Authentication.SymmetricKey || kept.Authentication.Type != registry.AuthSAS {
+		t.Fatalf("ReplaceDevice without keys = %+v, %v; want keys kept", kept.Authentication, err)
+	}
+	swapped := back
+	swapped.Authentication.SymmetricKey = registry.SymmetricKey{PrimaryKey: Key2, SecondaryKey: ""}
+	half, err := s.ReplaceDevice(ctx, swapped, "*")
+	if err != nil || half.Authentication.SymmetricKey.PrimaryKey != Key2 || half.Authentication.SymmetricKey.SecondaryKey != Key2 {
+		t.Fatalf("ReplaceDevice with one key = %+v, %v", half.Authentication.SymmetricKey, err)
+	}
+
 	bad := back
 	bad.Status = "sleeping"
 	_, err = s.ReplaceDevice(ctx, bad, "*")

@@ -67,6 +67,7 @@ func Run(t *testing.T, open Opener) {
 		{"Next", testNext},
 		{"Restart", testRestart},
 		{"RestartKeepsLockUntilExpiry", testRestartLockExpiry},
+		{"SequenceSurvivesEmptyRestart", testSequenceSurvivesEmptyRestart},
 		{"Concurrent", testConcurrent},
 		{"InvalidInput", testInvalidInput},
 		{"Closed", testClosed},
@@ -836,6 +837,20 @@ func testRestartLockExpiry(t *testing.T, open Opener) {
 		t.Fatalf("after restart and lock expiry: seq %d count %d; want %d, 1", again.Seq, again.DeliveryCount, m.Seq)
 	}
 	e.wantErr("old token after restart and expiry", e.s.Complete(e.ctx, "dev", m.LockToken), c2d.ErrLockLost)
+}
+
+func testSequenceSurvivesEmptyRestart(t *testing.T, open Opener) {
+	e := newEnv(t, open, c2d.Config{})
+	var last uint64
+	for i := 0; i < 3; i++ {
+		seq := e.enqueue("dev", c2d.NewMessage{})
+		if seq <= last {
+			t.Fatalf("round %d: seq %d after %d", i, seq, last)
+		}
+		last = seq
+		e.ok("complete", e.s.Complete(e.ctx, "dev", e.lock("dev").LockToken))
+		e.restart() // the queue is empty and no feedback is pending
+	}
 }
 
 func testConcurrent(t *testing.T, open Opener) {

@@ -146,3 +146,5 @@ func fileSize(t testing.TB, path string) int64 {
 	}
 	return fi.Size()
 }
+
+func discardLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }
