@@ -100,9 +100,7 @@ type Store interface {
 // etagMatches implements the If-Match rules shared by every Store.
 func etagMatches(ifMatch, current string) bool {
 	ifMatch = strings.TrimSpace(ifMatch)
-	if strings.HasPrefix(ifMatch, "W/") {
-		ifMatch = ifMatch[2:]
-	}
+	ifMatch = strings.TrimPrefix(ifMatch, "W/")
 	if len(ifMatch) >= 2 && ifMatch[0] == '"' && ifMatch[len(ifMatch)-1] == '"' {
 		ifMatch = ifMatch[1 : len(ifMatch)-1]
 	}
