@@ -19,10 +19,17 @@ import (
 
 	"amqphub/amqp"
 	"amqphub/internal/auth"
+	"amqphub/internal/c2dsvc"
+	"amqphub/internal/eventhub"
 	"amqphub/internal/hub"
+	"amqphub/internal/methods"
 	"amqphub/internal/registry"
 	"amqphub/internal/rest"
+	"amqphub/internal/telemetry"
 	"amqphub/internal/tlsutil"
+	"amqphub/internal/twin"
+	"amqphub/store/partlog"
+	"amqphub/store/partlog/seglog"
 )
 
 // Options configure a hub. The YAML names are the config file's keys.
@@ -55,6 +62,18 @@ type Options struct {
 	EventHubName string `yaml:"eventHubName"`
 	// TokenGrace is how long links outlive an expired token. Default 5s.
 	TokenGrace time.Duration `yaml:"tokenGrace"`
+	// Partitions is the telemetry partition count, fixed when the data
+	// directory is created (1-32). Default 4.
+	Partitions int `yaml:"partitions"`
+	// Retention is how long telemetry is kept (1-7 days). Default 1 day.
+	Retention time.Duration `yaml:"retention"`
+
+	// Feature settings.
+	Telemetry telemetry.Config `yaml:"telemetry"`
+	EventHub  eventhub.Config  `yaml:"eventHub"`
+	C2D       c2dsvc.Config    `yaml:"c2d"`
+	Twin      twin.Config      `yaml:"twin"`
+	Methods   methods.Config   `yaml:"methods"`
 
 	// Logger receives logs; default slog.Default().
 	Logger *slog.Logger `yaml:"-"`
@@ -103,6 +122,12 @@ func (o *Options) Defaults() {
 	if o.EventHubName == "" {
 		o.EventHubName = o.HubName
 	}
+	if o.Partitions == 0 {
+		o.Partitions = 4
+	}
+	if o.Retention == 0 {
+		o.Retention = partlog.DefaultRetention
+	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
@@ -112,6 +137,7 @@ func (o *Options) Defaults() {
 type Server struct {
 	Options   Options
 	Registry  registry.Store
+	Log       partlog.Log
 	Authority *auth.Authority
 	Hub       *hub.Hub
 	Engine    *amqp.Server
@@ -213,28 +239,45 @@ func (s *Server) start() error {
 	if err != nil {
 		return err
 	}
+	// Bind every listener before the features start, so redirects and
+	// printed endpoints carry the real ports (port 0 picks one).
+	var plainLn, tlsLn, httpsLn net.Listener
 	if a := o.AMQPAddr; a != "off" {
-		ln, err := net.Listen("tcp", a)
-		if err != nil {
+		if plainLn, err = net.Listen("tcp", a); err != nil {
 			return fmt.Errorf("plain AMQP listener %s: %w", a, err)
 		}
-		s.AMQPAddr = ln.Addr().String()
-		s.serveAMQP(ln)
+		s.AMQPAddr = plainLn.Addr().String()
+		s.closers = append(s.closers, closeQuiet(plainLn))
 	}
 	if a := o.AMQPSAddr; a != "off" {
-		ln, err := tls.Listen("tcp", a, tlsCfg)
-		if err != nil {
+		if tlsLn, err = tls.Listen("tcp", a, tlsCfg); err != nil {
 			return fmt.Errorf("AMQPS listener %s: %w", a, err)
 		}
-		s.AMQPSAddr = ln.Addr().String()
-		s.serveAMQP(ln)
+		s.AMQPSAddr = tlsLn.Addr().String()
+		s.closers = append(s.closers, closeQuiet(tlsLn))
 	}
 	if a := o.HTTPSAddr; a != "off" {
-		ln, err := net.Listen("tcp", a)
-		if err != nil {
+		if httpsLn, err = net.Listen("tcp", a); err != nil {
 			return fmt.Errorf("HTTPS listener %s: %w", a, err)
 		}
-		s.HTTPSAddr = ln.Addr().String()
+		s.HTTPSAddr = httpsLn.Addr().String()
+		s.closers = append(s.closers, closeQuiet(httpsLn))
+	}
+
+	if err := s.setupFeatures(dir); err != nil {
+		return err
+	}
+	for k, e := range o.Endpoints {
+		s.Hub.SetEndpoint(k, e)
+	}
+
+	if plainLn != nil {
+		s.serveAMQP(plainLn)
+	}
+	if tlsLn != nil {
+		s.serveAMQP(tlsLn)
+	}
+	if httpsLn != nil {
 		mux := http.NewServeMux()
 		mux.Handle("/$iothub/websocket", s.Engine.WebSocketHandler())
 		mux.Handle("/$servicebus/websocket", s.Engine.WebSocketHandler())
@@ -248,12 +291,82 @@ func (s *Server) start() error {
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
-			if err := s.https.ServeTLS(ln, "", ""); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			if err := s.https.ServeTLS(httpsLn, "", ""); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				log.Error("HTTPS server stopped", "err", err)
 			}
 		}()
 	}
 	return nil
+}
+
+// setupFeatures opens the telemetry log and sets up every feature.
+func (s *Server) setupFeatures(dir string) error {
+	o := &s.Options
+	lg, err := seglog.Open(filepath.Join(dir, "telemetry"), seglog.Options{
+		Partitions: o.Partitions,
+		Retention:  o.Retention,
+		Logger:     o.Logger,
+	})
+	if err != nil {
+		return fmt.Errorf("telemetry log: %w", err)
+	}
+	s.Log = lg
+	s.closers = append(s.closers, lg.Close)
+	env := &hub.Env{
+		HubName:      o.HubName,
+		HostName:     o.HostName,
+		EventHubName: o.EventHubName,
+		DataDir:      dir,
+		InMemory:     o.InMemory,
+		AMQPSPort:    portOf(s.AMQPSAddr),
+		AMQPPort:     portOf(s.AMQPAddr),
+		Hub:          s.Hub,
+		Authority:    s.Authority,
+		Registry:     s.Registry,
+		REST:         s.REST,
+		Log:          lg,
+		Logger:       o.Logger,
+	}
+	setups := []struct {
+		name  string
+		setup func() (*hub.Module, error)
+	}{
+		{"telemetry", func() (*hub.Module, error) { return telemetry.Setup(env, o.Telemetry) }},
+		{"eventhub", func() (*hub.Module, error) { return eventhub.Setup(env, o.EventHub) }},
+		{"c2d", func() (*hub.Module, error) { return c2dsvc.Setup(env, o.C2D) }},
+		{"twin", func() (*hub.Module, error) { return twin.Setup(env, o.Twin) }},
+		{"methods", func() (*hub.Module, error) { return methods.Setup(env, o.Methods) }},
+	}
+	for _, f := range setups {
+		m, err := f.setup()
+		if err != nil {
+			return fmt.Errorf("%s: %w", f.name, err)
+		}
+		for k, e := range m.Endpoints {
+			s.Hub.SetEndpoint(k, e)
+		}
+		if m.Close != nil {
+			s.closers = append(s.closers, m.Close)
+		}
+	}
+	return nil
+}
+
+func portOf(addr string) int {
+	if addr == "" {
+		return 0
+	}
+	_, p, err := net.SplitHostPort(addr)
+	if err != nil {
+		return 0
+	}
+	var n int
+	fmt.Sscanf(p, "%d", &n)
+	return n
+}
+
+func closeQuiet(ln net.Listener) func() error {
+	return func() error { ln.Close(); return nil }
 }
 
 func (s *Server) serveAMQP(ln net.Listener) {
