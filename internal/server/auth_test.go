@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -356,4 +357,18 @@ func TestTokenExpiryAndRenewal(t *testing.T) {
 		t.Fatalf("renewed d2 link: %v, want it still attached (deadline)", err)
 	}
 	_ = amqptest.Eventually
+}
+
+func TestStartTestWellKnown(t *testing.T) {
+	s := server.StartTestWellKnown(t, nil)
+	if !strings.HasSuffix(s.AMQPSAddr, ":5671") || !strings.HasSuffix(s.HTTPSAddr, ":443") {
+		t.Fatalf("listeners on %s and %s", s.AMQPSAddr, s.HTTPSAddr)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := goamqp.Dial(ctx, "amqps://"+s.AMQPSAddr, &goamqp.ConnOptions{TLSConfig: s.ClientTLS, SASLType: goamqp.SASLTypeAnonymous()})
+	if err != nil {
+		t.Fatalf("TLS dial to %s with the hub's CA: %v", s.AMQPSAddr, err)
+	}
+	c.Close()
 }
