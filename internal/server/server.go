@@ -46,7 +46,7 @@ type Options struct {
 	// a temporary directory.
 	InMemory bool `yaml:"inMemory"`
 	// Listen addresses; "off" disables a listener, port 0 picks a free one.
-	AMQPAddr  string `yaml:"amqpAddr"`  // plain AMQP, default 127.0.0.1:5672
+	AMQPAddr  string `yaml:"amqpAddr"`  // plain AMQP, default localhost:5672 (loopback only)
 	AMQPSAddr string `yaml:"amqpsAddr"` // AMQP over TLS, default :5671
 	HTTPSAddr string `yaml:"httpsAddr"` // HTTPS: WebSockets + REST, default :443
 	// TLSCertFile and TLSKeyFile replace the generated certificate.
@@ -111,7 +111,7 @@ func (o *Options) Defaults() {
 		o.DataDir = "amqphub-data"
 	}
 	if o.AMQPAddr == "" {
-		o.AMQPAddr = "127.0.0.1:5672"
+		o.AMQPAddr = "localhost:5672"
 	}
 	if o.AMQPSAddr == "" {
 		o.AMQPSAddr = ":5671"
@@ -241,13 +241,16 @@ func (s *Server) start() error {
 	}
 	// Bind every listener before the features start, so redirects and
 	// printed endpoints carry the real ports (port 0 picks one).
-	var plainLn, tlsLn, httpsLn net.Listener
+	var plainLns []net.Listener
+	var tlsLn, httpsLn net.Listener
 	if a := o.AMQPAddr; a != "off" {
-		if plainLn, err = net.Listen("tcp", a); err != nil {
+		if plainLns, err = listenLoopback(a); err != nil {
 			return fmt.Errorf("plain AMQP listener %s: %w", a, err)
 		}
-		s.AMQPAddr = plainLn.Addr().String()
-		s.closers = append(s.closers, closeQuiet(plainLn))
+		s.AMQPAddr = plainLns[0].Addr().String()
+		for _, ln := range plainLns {
+			s.closers = append(s.closers, closeQuiet(ln))
+		}
 	}
 	if a := o.AMQPSAddr; a != "off" {
 		if tlsLn, err = tls.Listen("tcp", a, tlsCfg); err != nil {
@@ -271,8 +274,8 @@ func (s *Server) start() error {
 		s.Hub.SetEndpoint(k, e)
 	}
 
-	if plainLn != nil {
-		s.serveAMQP(plainLn)
+	for _, ln := range plainLns {
+		s.serveAMQP(ln)
 	}
 	if tlsLn != nil {
 		s.serveAMQP(tlsLn)
@@ -363,6 +366,32 @@ func portOf(addr string) int {
 	var n int
 	fmt.Sscanf(p, "%d", &n)
 	return n
+}
+
+// listenLoopback listens on addr; for host "localhost" it listens on both
+// 127.0.0.1 and ::1 (same port), since clients resolve localhost to either.
+func listenLoopback(addr string) ([]net.Listener, error) {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, err
+	}
+	if host != "localhost" {
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			return nil, err
+		}
+		return []net.Listener{ln}, nil
+	}
+	ln4, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", port))
+	if err != nil {
+		return nil, err
+	}
+	_, p4, _ := net.SplitHostPort(ln4.Addr().String())
+	if ln6, err := net.Listen("tcp", net.JoinHostPort("::1", p4)); err == nil {
+		return []net.Listener{ln4, ln6}, nil
+	}
+	// No IPv6 loopback here: IPv4 alone will do.
+	return []net.Listener{ln4}, nil
 }
 
 func closeQuiet(ln net.Listener) func() error {
