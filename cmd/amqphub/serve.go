@@ -213,4 +213,3 @@ func printBanner(w io.Writer, s *server.Server) error {
 	fmt.Fprintln(w, "\nThese keys are public development keys: configure your own for anything else.")
 	return nil
 }
-
