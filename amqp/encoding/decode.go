@@ -744,6 +744,12 @@ func (r *Reader) readArray(wide bool, depth int) (any, error) {
 	if c == TypeDescribed {
 		return nil, fmt.Errorf("%w: nested described array constructor", ErrInvalidCode)
 	}
+	// The constructor (and descriptor) must lie inside the array's size;
+	// otherwise end-r.pos below is negative and the count checks, done in
+	// uint64, would wave through any count.
+	if r.pos > end {
+		return nil, fmt.Errorf("%w: array constructor beyond the array size", ErrBadSize)
+	}
 	w := fixedWidth(c)
 	switch {
 	case w == 0 && n > uint64(maxZeroWidthElems-r.zw):
