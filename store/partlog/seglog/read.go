@@ -48,7 +48,7 @@ func (p *partition) locate(seq int64) (c cursor, next int64, err error) {
 	// share their successor's base, and Search picks the later one.
 	i := sort.Search(len(p.segs), func(i int) bool { return p.segs[i].hdr.baseSeq > seq }) - 1
 	s := p.segs[i]
-	e := s.seqEntry(seq)
+	e := s.hintEntry(seq, s.seqEntry(seq))
 	if s == p.lastSeg() && p.recentLen > 0 {
 		rel := uint32(seq - s.hdr.baseSeq)
 		for j := p.recentLen - 1; j >= 0; j-- {
@@ -119,8 +119,15 @@ func (p *partition) readFrom(c cursor, fromSeq int64, maxRecords, maxBytes int, 
 	if err != nil {
 		return dst, err
 	}
-	fromSeq = max(fromSeq, c.seq)
-	want := min(int64(maxRecords), c.endSeq-fromSeq)
+	// Skip to fromSeq reading headers only, into a pooled buffer, so that
+	// the buffer the payloads alias holds only what is returned.
+	if fromSeq > c.seq {
+		if err := p.walk(f, &c, func(seq, _, _ int64) bool { return seq >= fromSeq }); err != nil {
+			return dst, err
+		}
+	}
+	defer func() { c.seg.addHint(c.seq, c.pos) }()
+	want := min(int64(maxRecords), c.endSeq-c.seq)
 	var (
 		buf    []byte
 		bufPos int64
@@ -130,11 +137,10 @@ func (p *partition) readFrom(c cursor, fromSeq int64, maxRecords, maxBytes int, 
 	for c.seq < c.endSeq && got < maxRecords {
 		rel := c.pos - bufPos
 		if buf == nil || rel+recHeaderSize > int64(len(buf)) {
-			// Size the read: what is left to skip plus what is wanted,
-			// from the average record size.
-			n := (fromSeq-c.seq)*c.avg + (want-int64(got))*c.avg + c.avg/4
+			// Size the read from the average record size.
+			n := (want-int64(got))*c.avg + c.avg/4
 			if maxBytes > 0 {
-				n = min(n, (fromSeq-c.seq)*c.avg+int64(maxBytes)+(want-int64(got))*recHeaderSize)
+				n = min(n, int64(maxBytes)+(want-int64(got))*recHeaderSize)
 			}
 			if err := p.readChunk(f, &buf, &bufPos, c, recHeaderSize, n); err != nil {
 				return dst, err
@@ -158,21 +164,19 @@ func (p *partition) readFrom(c cursor, fromSeq int64, maxRecords, maxBytes int, 
 		if res != decOK {
 			return dst, &partlog.CorruptError{Path: c.seg.path, Pos: c.pos, Reason: reason}
 		}
-		if c.seq >= fromSeq {
-			if got > 0 && maxBytes > 0 && bytes+len(rec.payload) > maxBytes {
-				break
-			}
-			dst = append(dst, partlog.Record{
-				Entry: partlog.Entry{
-					Seq:          rec.seq,
-					Offset:       c.seg.hdr.baseOffset + c.pos - segHeaderSize,
-					EnqueuedTime: rec.time,
-				},
-				Payload: rec.payload,
-			})
-			got++
-			bytes += len(rec.payload)
+		if got > 0 && maxBytes > 0 && bytes+len(rec.payload) > maxBytes {
+			break
 		}
+		dst = append(dst, partlog.Record{
+			Entry: partlog.Entry{
+				Seq:          rec.seq,
+				Offset:       c.seg.hdr.baseOffset + c.pos - segHeaderSize,
+				EnqueuedTime: rec.time,
+			},
+			Payload: rec.payload,
+		})
+		got++
+		bytes += len(rec.payload)
 		c.pos += size
 		c.seq++
 	}
@@ -198,27 +202,26 @@ func (p *partition) readChunk(f segFile, buf *[]byte, bufPos *int64, c cursor, n
 // scratchPool holds buffers for seeks, which only look at record headers.
 var scratchPool = sync.Pool{New: func() any { b := make([]byte, 64<<10); return &b }}
 
-// walk moves c forward, record by record, until stop(seq, pos, time)
-// returns true or the segment's durable end, and returns the sequence
-// number it stopped at (c.endSeq at the end).
-func (p *partition) walk(c cursor, stop func(pos, t int64) bool) (int64, error) {
-	f, err := p.openCursor(c)
-	if err != nil {
-		return 0, err
-	}
+// walk moves c forward, record by record, reading only headers, until
+// stop(seq, pos, time) is true for the record at c or c reaches the
+// segment's durable end.
+func (p *partition) walk(f segFile, c *cursor, stop func(seq, pos, t int64) bool) error {
 	bp := scratchPool.Get().(*[]byte)
 	defer scratchPool.Put(bp)
 	buf := *bp
+	// Index entries are IndexInterval apart, so a walk usually ends within
+	// that distance: read about that much at a time.
+	chunk := min(int64(len(buf)), max(int64(p.opts.IndexInterval)+1024, 4096))
 	bufPos, bufLen := int64(0), 0
 	for c.seq < c.endSeq {
 		rel := int(c.pos - bufPos)
-		if bufLen == 0 || rel < 0 || rel+recHeaderSize > bufLen {
-			n := min(int64(len(buf)), c.end-c.pos)
+		if bufLen == 0 || rel+recHeaderSize > bufLen {
+			n := min(chunk, c.end-c.pos)
 			if n < recHeaderSize {
-				return 0, &partlog.CorruptError{Path: c.seg.path, Pos: c.pos, Reason: "torn record header"}
+				return &partlog.CorruptError{Path: c.seg.path, Pos: c.pos, Reason: "torn record header"}
 			}
 			if _, err := f.ReadAt(buf[:n], c.pos); err != nil {
-				return 0, p.errorf("seek: read %s at %d: %w", c.seg.path, c.pos, err)
+				return p.errorf("read %s at %d: %w", c.seg.path, c.pos, err)
 			}
 			bufPos, bufLen, rel = c.pos, int(n), 0
 		}
@@ -226,15 +229,31 @@ func (p *partition) walk(c cursor, stop func(pos, t int64) bool) (int64, error) 
 		size := recHeaderSize + int64(le.Uint32(h[4:]))
 		seq, t := int64(le.Uint64(h[8:])), int64(le.Uint64(h[16:]))
 		if seq != c.seq || c.pos+size > c.end {
-			return 0, &partlog.CorruptError{Path: c.seg.path, Pos: c.pos, Reason: "record header out of sequence"}
+			return &partlog.CorruptError{Path: c.seg.path, Pos: c.pos, Reason: "record header out of sequence"}
 		}
-		if stop(c.pos, t) {
-			return c.seq, nil
+		if stop(c.seq, c.pos, t) {
+			return nil
 		}
 		c.pos += size
 		c.seq++
 	}
-	return c.endSeq, nil
+	return nil
+}
+
+// seekIn opens c's segment and walks it to the first record for which
+// stop is true, returning that record's sequence number (the segment's end
+// if none). It releases c's reference.
+func (p *partition) seekIn(c cursor, stop func(seq, pos, t int64) bool) (int64, error) {
+	defer c.seg.release()
+	f, err := p.openCursor(c)
+	if err != nil {
+		return 0, err
+	}
+	if err := p.walk(f, &c, stop); err != nil {
+		return 0, err
+	}
+	c.seg.addHint(c.seq, c.pos)
+	return c.seq, nil
 }
 
 // retrySeek runs a seek again when retention removed its segment.
@@ -278,8 +297,7 @@ func (p *partition) seekOffsetOnce(offset int64) (int64, error) {
 	c := p.cursorAt(s, s.posEntry(target))
 	s.acquire()
 	p.smu.RUnlock()
-	defer s.release()
-	return p.walk(c, func(pos, _ int64) bool { return pos >= target })
+	return p.seekIn(c, func(_, pos, _ int64) bool { return pos >= target })
 }
 
 func (p *partition) seekTimeOnce(t int64) (int64, error) {
@@ -314,8 +332,7 @@ func (p *partition) seekTimeOnce(t int64) (int64, error) {
 	c := p.cursorAt(s, e)
 	s.acquire()
 	p.smu.RUnlock()
-	defer s.release()
-	return p.walk(c, func(_, rt int64) bool { return rt >= t })
+	return p.seekIn(c, func(_, _, rt int64) bool { return rt >= t })
 }
 
 func (p *partition) info() (partlog.Info, error) {

@@ -125,7 +125,7 @@ func TestRecoverTail(t *testing.T) {
 		{"segment cut to nothing", func(t *testing.T, s []string) { truncateFile(t, s[1], 0) }, fxSealed},
 		{"segment header damaged", func(t *testing.T, s []string) { flipByte(t, s[1], 20) }, fxRecords},
 	}
-	for k := range 8 {
+	for _, k := range []int{0, 1, 4, 7} {
 		at := int64(segHeaderSize + k*fxRec)
 		tests = append(tests,
 			tc{fmt.Sprintf("cut after record %d", fxSealed+k-1), func(t *testing.T, s []string) { truncateFile(t, s[1], at) }, fxSealed + k},
@@ -134,7 +134,7 @@ func TestRecoverTail(t *testing.T) {
 		)
 	}
 	r := rand.New(rand.NewPCG(3, 4))
-	for range 10 {
+	for range 6 {
 		cut := segHeaderSize + r.Int64N(8*fxRec)
 		tests = append(tests, tc{fmt.Sprintf("random cut at %d", cut), func(t *testing.T, s []string) { truncateFile(t, s[1], cut) },
 			fxSealed + int((cut-segHeaderSize)/fxRec)})

@@ -245,10 +245,9 @@ func TestStaleCursorAfterRetention(t *testing.T) {
 	if _, err := p.readFrom(c, 0, 10, 0, nil); !errors.Is(err, errRemoved) {
 		t.Fatalf("read through a stale cursor = %v, want errRemoved", err)
 	}
-	if _, err := p.walk(c2, func(int64, int64) bool { return true }); !errors.Is(err, errRemoved) {
+	if _, err := p.seekIn(c2, func(int64, int64, int64) bool { return true }); !errors.Is(err, errRemoved) {
 		t.Fatalf("seek through a stale cursor = %v, want errRemoved", err)
 	}
-	c2.seg.release()
 	info, _ := l.Info(0)
 	recs, err := l.Read(0, 0, 10, 0, nil)
 	if err != nil || len(recs) == 0 || recs[0].Seq != info.BeginSeq {

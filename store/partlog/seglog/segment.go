@@ -38,6 +38,13 @@ type segment struct {
 
 	fmu sync.Mutex
 	f   segFile // opened lazily for sealed segments found at Open
+
+	// hints remember where recent reads and seeks stopped, as
+	// relSeq<<32 | pos (0 = empty, as no record is at position 0), so
+	// that a sequential reader's next Read starts at its exact position
+	// instead of the index entry before it.
+	hints    [8]atomic.Uint64
+	hintNext atomic.Uint32
 }
 
 func segPaths(dir string, baseSeq int64) (seg, idx string) {
@@ -146,4 +153,27 @@ func (s *segment) timeEntry(t int64) (indexEntry, bool) {
 		return indexEntry{}, false
 	}
 	return s.entries[i-1], true
+}
+
+// addHint remembers that record seq is at pos (seq may be endSeq: the
+// position where the next record will be written).
+func (s *segment) addHint(seq, pos int64) {
+	i := s.hintNext.Add(1) % uint32(len(s.hints))
+	s.hints[i].Store(uint64(seq-s.hdr.baseSeq)<<32 | uint64(pos))
+}
+
+// hintEntry returns the closest position at or before seq known from the
+// hints, or e if that is closer.
+func (s *segment) hintEntry(seq int64, e indexEntry) indexEntry {
+	rel := uint32(seq - s.hdr.baseSeq)
+	for i := range s.hints {
+		v := s.hints[i].Load()
+		if v == 0 {
+			continue
+		}
+		if hrel := uint32(v >> 32); hrel <= rel && hrel > e.relSeq {
+			e = indexEntry{relSeq: hrel, pos: uint32(v)}
+		}
+	}
+	return e
 }
