@@ -35,7 +35,9 @@ func RunNode(t *testing.T, timeout time.Duration, env []string, files ...string)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	args := append([]string{"--test", "--test-reporter=spec"}, files...)
+	// --test-force-exit: a client a failed test left open must not keep
+	// node alive until the timeout.
+	args := append([]string{"--test", "--test-force-exit", "--test-reporter=spec"}, files...)
 	cmd := exec.CommandContext(ctx, "node", args...)
 	cmd.Dir = dir
 	cmd.Env = append(os.Environ(), env...)

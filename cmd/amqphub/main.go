@@ -9,8 +9,15 @@ import (
 const usage = `amqphub: a self-hosted hub speaking Azure IoT Hub's AMQP 1.0 dialect.
 
 Usage:
-  amqphub serve [flags]     run the hub
-  amqphub help              this text
+  amqphub serve [flags]                          run the hub
+  amqphub device create|list|show|delete|connection-string [id] [flags]
+                                                 manage devices of a running hub (REST)
+  amqphub token [--device ID | --connection-string CS] [--ttl 1h]
+                                                 print a SAS token (default: for the --hub policy)
+  amqphub help                                   this text
+
+Client commands reach the hub with --hub (a service connection string; default:
+the development hub on localhost), --ca (the hub's CA file) and --json for scripts.
 
 Run "amqphub serve -h" for the serve flags.
 `
@@ -24,6 +31,10 @@ func main() {
 	switch os.Args[1] {
 	case "serve":
 		err = serve(os.Args[2:])
+	case "device":
+		err = deviceCmd(os.Args[2:], os.Stdout)
+	case "token":
+		err = tokenCmd(os.Args[2:], os.Stdout)
 	case "help", "-h", "--help":
 		fmt.Print(usage)
 		return

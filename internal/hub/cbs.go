@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
+	"net/url"
 	"strings"
 	"time"
 
@@ -117,13 +119,22 @@ func (cs *ConnState) putToken(m *frames.Message) (int, string) {
 		}
 	}
 	if err != nil {
+		cs.hub.stats.PutTokenRefused.Add(1)
 		cs.hub.log.Info("hub: CBS put-token refused", "audience", props["name"], "reason", err)
 		if errors.Is(err, auth.ErrMalformedToken) {
 			return http.StatusBadRequest, err.Error()
 		}
 		return http.StatusUnauthorized, err.Error()
 	}
+	if name, _ := props["name"].(string); name != "" && !audienceCovers(id.Audience, name) {
+		// The token is valid but for another resource than the one the
+		// client asks to be authorized for (e.g. another device's token).
+		cs.hub.stats.PutTokenRefused.Add(1)
+		cs.hub.log.Info("hub: CBS put-token refused", "audience", name, "reason", "token resource does not cover the audience")
+		return http.StatusUnauthorized, "the token's resource (sr) does not cover the requested audience"
+	}
 	cs.addCredential(id, false)
+	cs.hub.stats.PutTokenOK.Add(1)
 	return http.StatusOK, "OK"
 }
 
@@ -157,4 +168,35 @@ func (cs *ConnState) cbsReplyLink(req *amqp.Link, replyTo string) *amqp.Link {
 		return inSession
 	}
 	return any
+}
+
+// audienceCovers reports whether a token for resource authorizes the CBS
+// audience name. Both are normalised the same way: any scheme and port
+// dropped, URL-decoded (SDKs send encoded and raw forms), host compared
+// without case, no trailing slash. The resource must equal the audience or
+// be a path prefix of it (a hub-wide token covers a device audience).
+func audienceCovers(resource, name string) bool {
+	r, n := normAudience(resource), normAudience(name)
+	if r == "" || n == "" {
+		return false
+	}
+	return n == r || strings.HasPrefix(n, r+"/")
+}
+
+func normAudience(s string) string {
+	if d, err := url.QueryUnescape(s); err == nil {
+		s = d
+	}
+	if i := strings.Index(s, "://"); i >= 0 {
+		s = s[i+3:]
+	}
+	host, path, _ := strings.Cut(s, "/")
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	}
+	path = strings.TrimSuffix(path, "/")
+	if path == "" {
+		return strings.ToLower(host)
+	}
+	return strings.ToLower(host) + "/" + strings.ToLower(path)
 }

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"amqphub/amqp"
@@ -63,9 +64,23 @@ type Config struct {
 
 // Hub implements amqp.Handler and amqp.Authenticator.
 type Hub struct {
-	cfg Config
-	log *slog.Logger
+	cfg   Config
+	log   *slog.Logger
+	stats Stats
 }
+
+// Stats are the hub's counters (tests and metrics read them).
+type Stats struct {
+	ConnectionsOpened atomic.Int64
+	ConnectionsOpen   atomic.Int64
+	PutTokenOK        atomic.Int64
+	PutTokenRefused   atomic.Int64
+	LinksAuthorized   atomic.Int64
+	LinksRefused      atomic.Int64
+}
+
+// Stats returns the hub's live counters.
+func (h *Hub) Stats() *Stats { return &h.stats }
 
 // New returns a hub.
 func New(cfg Config) (*Hub, error) {
@@ -129,6 +144,8 @@ func (h *Hub) OnOpen(c *amqp.Conn) *amqp.Error {
 		cs.addCredential(*id, true)
 	}
 	c.SetValue(cs)
+	h.stats.ConnectionsOpened.Add(1)
+	h.stats.ConnectionsOpen.Add(1)
 	return nil
 }
 
@@ -136,6 +153,7 @@ func (h *Hub) OnOpen(c *amqp.Conn) *amqp.Error {
 func (h *Hub) OnClose(c *amqp.Conn, err error) {
 	if cs, ok := c.Value().(*ConnState); ok {
 		cs.close()
+		h.stats.ConnectionsOpen.Add(-1)
 	}
 }
 
@@ -154,6 +172,7 @@ func (h *Hub) OnAttach(l *amqp.Link) *amqp.Error {
 	}
 	cred, aerr := cs.authorize(r)
 	if aerr != nil {
+		h.stats.LinksRefused.Add(1)
 		return aerr
 	}
 	ep := h.cfg.Endpoints[r.Kind]
@@ -164,6 +183,7 @@ func (h *Hub) OnAttach(l *amqp.Link) *amqp.Error {
 		return err
 	}
 	cs.bind(l, cred)
+	h.stats.LinksAuthorized.Add(1)
 	return nil
 }
 

@@ -78,6 +78,9 @@ func ParseAddress(addr, entity string) Route {
 	if path == "$cbs" || path == "/$cbs" {
 		return Route{Kind: KindCBS, Path: "/$cbs"}
 	}
+	if path == "$management" || path == "/$management" {
+		return bareManagementRoute(entity)
+	}
 	trimmed := strings.Trim(path, "/")
 	if trimmed == "" {
 		return Route{}
@@ -157,4 +160,14 @@ func stripScheme(addr string) string {
 		return "/"
 	}
 	return rest[j:]
+}
+
+// bareManagementRoute routes the bare "$management" address, which the Go
+// and Node Event Hubs SDKs attach to (their CBS claim names
+// {entity}/$management), to the Event-Hub-compatible entity's node.
+func bareManagementRoute(entity string) Route {
+	if entity == "" {
+		return Route{}
+	}
+	return Route{Kind: KindEHManagement, Entity: entity, Path: "/" + entity + "/$management"}
 }

@@ -20,6 +20,7 @@ func TestParseAddress(t *testing.T) {
 		{"/messages/events/ConsumerGroups/$Default/Partitions/3", Route{Kind: KindEventsRedirect, ConsumerGroup: "$Default", Partition: "3", Path: "/messages/events/ConsumerGroups/$Default/Partitions/3"}},
 		{"/messages/events/$management", Route{Kind: KindEventsRedirect, Management: true, Path: "/messages/events/$management"}},
 		{"myhub/$management", Route{Kind: KindEHManagement, Entity: "myhub", Path: "/myhub/$management"}},
+		{"$management", Route{Kind: KindEHManagement, Entity: "myhub", Path: "/myhub/$management"}},
 		{"myhub/ConsumerGroups/$default/Partitions/0", Route{Kind: KindEHPartition, Entity: "myhub", ConsumerGroup: "$default", Partition: "0", Path: "/myhub/ConsumerGroups/$default/Partitions/0"}},
 		{"amqps://localhost/myhub", Route{Kind: KindEHSend, Entity: "myhub", Path: "/myhub"}},
 		{"/devices/d1/messages", Route{}},
@@ -32,6 +33,29 @@ func TestParseAddress(t *testing.T) {
 	for _, tc := range tests {
 		if got := ParseAddress(tc.addr, "myhub"); got != tc.want {
 			t.Errorf("ParseAddress(%q) = %+v, want %+v", tc.addr, got, tc.want)
+		}
+	}
+}
+
+func TestAudienceCovers(t *testing.T) {
+	tests := []struct {
+		resource, name string
+		want           bool
+	}{
+		{"hub.example/devices/d1", "hub.example%2Fdevices%2Fd1", true},
+		{"hub.example/devices/d1", "hub.example/devices/d1", true},
+		{"HUB.example/devices/d1", "amqps://hub.example:5671/devices/d1/", true},
+		{"hub.example", "amqps://hub.example:5671/", true},
+		{"hub.example", "hub.example/devices/d1", true},
+		{"hub.example/devices/d2", "hub.example%2Fdevices%2Fd1", false},
+		{"hub.example/devices/d1", "hub.example/devices/d10", false},
+		{"hub.example/devices/d1", "hub.example", false},
+		{"sb://hub.example/myhub", "sb://hub.example/myhub/ConsumerGroups/$default/Partitions/0", true},
+		{"other.example", "hub.example", false},
+	}
+	for _, tc := range tests {
+		if got := audienceCovers(tc.resource, tc.name); got != tc.want {
+			t.Errorf("audienceCovers(%q, %q) = %v, want %v", tc.resource, tc.name, got, tc.want)
 		}
 	}
 }
