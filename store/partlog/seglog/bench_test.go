@@ -115,21 +115,31 @@ func BenchmarkAppendParallel(b *testing.B) {
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msgs/s")
 }
 
-// BenchmarkAppendUnloaded is one append at a time: the latency of one
-// write plus fdatasync.
+// BenchmarkAppendUnloaded is one append at a time: ns/op is the latency
+// of a lone append (one write plus fdatasync, plus the window if any).
 func BenchmarkAppendUnloaded(b *testing.B) {
-	l, err := Open(b.TempDir(), Options{Partitions: 1, Logger: discardLogger()})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer l.Close()
-	payload := make([]byte, 256)
-	b.ReportAllocs()
-	b.ResetTimer()
-	for range b.N {
-		if _, err := l.Append(context.Background(), 0, payload); err != nil {
-			b.Fatal(err)
-		}
+	for _, bc := range []struct {
+		name   string
+		window time.Duration
+	}{
+		{"adaptive", 0},
+		{"window=1ms", time.Millisecond},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			l, err := Open(b.TempDir(), Options{Partitions: 1, BatchWindow: bc.window, Logger: discardLogger()})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer l.Close()
+			payload := make([]byte, 256)
+			b.ReportAllocs()
+			b.ResetTimer()
+			for range b.N {
+				if _, err := l.Append(context.Background(), 0, payload); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }
 

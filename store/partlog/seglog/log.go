@@ -454,7 +454,7 @@ func (l *Log) AppendAsync(partition int, payload []byte, done func(partlog.Entry
 	if len(payload) > l.opts.MaxPayload {
 		return fmt.Errorf("seglog: %d bytes, limit %d: %w", len(payload), l.opts.MaxPayload, partlog.ErrPayloadTooLarge)
 	}
-	return p.enqueue(nil, payload, done)
+	return p.enqueue(context.Background(), payload, done)
 }
 
 // waiter turns a completion into a channel receive; pooled so that Append

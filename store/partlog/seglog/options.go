@@ -12,7 +12,7 @@ import (
 // Defaults for Options fields left at zero.
 const (
 	DefaultSegmentSize       = 64 << 20
-	DefaultMaxQueueBytes     = 16 << 20
+	DefaultMaxQueueBytes     = 4 << 20
 	DefaultMaxPayload        = 4 << 20
 	DefaultIndexInterval     = 16 << 10
 	DefaultRetentionInterval = time.Minute
@@ -56,10 +56,11 @@ type Options struct {
 
 	// MaxQueueBytes bounds, per partition, the bytes queued but not yet
 	// taken by the committer (payloads plus 24 bytes per record; default
-	// 16 MiB). AppendAsync blocks while it is exceeded. One record larger
-	// than the bound is still admitted into an empty queue. With a
-	// BatchWindow, a batch is also committed early once half of it is
-	// queued.
+	// 4 MiB). AppendAsync blocks while it is exceeded. One record larger
+	// than the bound is still admitted into an empty queue. A partition
+	// holds at most two such buffers (one filling, one being written).
+	// With a BatchWindow, a batch is also committed early once half of it
+	// is queued.
 	MaxQueueBytes int
 
 	// MaxPayload is the largest payload accepted (default 4 MiB, at most

@@ -25,7 +25,15 @@ type batch struct {
 	first   time.Time // when the first record was queued (BatchWindow only)
 }
 
+// keepBatchBytes is the buffer capacity a batch keeps between commits; a
+// burst may grow it up to MaxQueueBytes, but a batch that used less than a
+// quarter of a larger buffer gives it back to the GC.
+const keepBatchBytes = 1 << 20
+
 func (b *batch) reset() {
+	if c := cap(b.buf); c > keepBatchBytes && len(b.buf) < c/4 {
+		b.buf = nil
+	}
 	b.buf = b.buf[:0]
 	clear(b.dones) // drop callback references for the GC
 	b.dones = b.dones[:0]
@@ -79,13 +87,13 @@ type partition struct {
 	recentLen     int
 }
 
-// errPart wraps err with the partition for context.
+// errorf formats an error that names the partition.
 func (p *partition) errorf(format string, args ...any) error {
 	return fmt.Errorf("seglog: partition %d: "+format, append([]any{p.id}, args...)...)
 }
 
 // enqueue copies payload into the pending batch, blocking while the queue
-// is full. ctx may be nil (AppendAsync).
+// is full or until ctx ends.
 func (p *partition) enqueue(ctx context.Context, payload []byte, done func(partlog.Entry, error)) error {
 	need := recHeaderSize + len(payload)
 	p.mu.Lock()
@@ -102,14 +110,10 @@ func (p *partition) enqueue(ctx context.Context, payload []byte, done func(partl
 		}
 		ch := p.spaceCh
 		p.mu.Unlock()
-		var ctxDone <-chan struct{}
-		if ctx != nil {
-			ctxDone = ctx.Done()
-		}
 		select {
 		case <-ch:
 		case <-p.closing:
-		case <-ctxDone:
+		case <-ctx.Done():
 			return fmt.Errorf("seglog: append: wait for queue space: %w", ctx.Err())
 		}
 		p.mu.Lock()
