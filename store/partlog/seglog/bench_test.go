@@ -4,6 +4,7 @@ import (
 	"context"
 	"math/rand/v2"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"sync"
@@ -278,4 +279,63 @@ func BenchmarkSeek(b *testing.B) {
 			}
 		}
 	})
+}
+
+// BenchmarkOpen reopens a partition of a few hundred small sealed segments
+// (32 MB; the "segments" metric gives the count), with their index files
+// (the normal case) and without them (every sealed segment scanned, as a
+// log without index files would have to).
+func BenchmarkOpen(b *testing.B) {
+	dir := b.TempDir()
+	o := Options{Partitions: 1, SegmentSize: 64 << 10, Logger: discardLogger()}
+	l, err := Open(dir, o)
+	if err != nil {
+		b.Fatal(err)
+	}
+	payload := make([]byte, 256)
+	sem := make(chan struct{}, 1024)
+	for range 500 * (64 << 10) / 280 {
+		sem <- struct{}{}
+		if err := l.AppendAsync(0, payload, func(partlog.Entry, error) { <-sem }); err != nil {
+			b.Fatal(err)
+		}
+	}
+	for range cap(sem) {
+		sem <- struct{}{}
+	}
+	l.Close()
+	for _, withIdx := range []bool{true, false} {
+		name := "index-files"
+		if !withIdx {
+			name = "scan"
+		}
+		b.Run(name, func(b *testing.B) {
+			for range b.N {
+				if !withIdx {
+					b.StopTimer()
+					idx, _ := filepath.Glob(filepath.Join(dir, "p00", "*"+idxSuffix))
+					for _, f := range idx {
+						_ = os.Remove(f)
+					}
+					b.StartTimer()
+				}
+				l, err := Open(dir, o)
+				if err != nil {
+					b.Fatal(err)
+				}
+				b.StopTimer()
+				l.Close()
+				b.StartTimer()
+			}
+			b.ReportMetric(float64(len(segFilesB(b, dir))), "segments")
+		})
+	}
+}
+
+func segFilesB(b *testing.B, dir string) []string {
+	m, err := filepath.Glob(filepath.Join(dir, "p00", "*"+segSuffix))
+	if err != nil {
+		b.Fatal(err)
+	}
+	return m
 }

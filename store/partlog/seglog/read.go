@@ -148,8 +148,8 @@ func (p *partition) readFrom(c cursor, fromSeq int64, maxRecords, maxBytes int, 
 			rel = 0
 		}
 		size := recHeaderSize + int64(le.Uint32(buf[rel+4:]))
-		if c.pos+size > c.end {
-			return dst, &partlog.CorruptError{Path: c.seg.path, Pos: c.pos, Reason: "record runs past the end of the segment"}
+		if c.pos+size > c.end || size > recHeaderSize+maxRecordPayload {
+			return dst, &partlog.CorruptError{Path: c.seg.path, Pos: c.pos, Reason: "record length out of range"}
 		}
 		if rel+size > int64(len(buf)) {
 			if err := p.readChunk(f, &buf, &bufPos, c, size, size+(want-int64(got)-1)*c.avg); err != nil {
