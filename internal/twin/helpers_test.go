@@ -1,0 +1,312 @@
+package twin_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	goamqp "github.com/Azure/go-amqp"
+
+	"amqphub/internal/auth"
+	"amqphub/internal/sas"
+	"amqphub/internal/server"
+)
+
+const (
+	d1Key = "ZDEtcHJpbWFyeS1rZXktZm9yLXR3aW4tdGVzdHMtMDEy"
+	d2Key = "ZDItcHJpbWFyeS1rZXktZm9yLXR3aW4tdGVzdHMtMDEy"
+)
+
+func startHub(t *testing.T, mod func(*server.Options)) *server.Server {
+	t.Helper()
+	return server.StartTest(t, func(o *server.Options) {
+		o.Devices = []server.DeviceConfig{
+			{ID: "d1", PrimaryKey: d1Key, SecondaryKey: d2Key, Modules: []string{"m1"}},
+			{ID: "d2", PrimaryKey: d2Key, SecondaryKey: d1Key},
+		}
+		if mod != nil {
+			mod(o)
+		}
+	})
+}
+
+// dialIdentity connects over plain AMQP with SASL PLAIN as a device
+// (module "") or module, with a token signed by the identity's key.
+func dialIdentity(t *testing.T, s *server.Server, device, module string) *goamqp.Session {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var keyB64, user, resource string
+	host := s.Options.HostName
+	if module == "" {
+		d, err := s.Registry.GetDevice(ctx, device)
+		if err != nil {
+			t.Fatal(err)
+		}
+		keyB64 = d.Authentication.SymmetricKey.PrimaryKey
+		user = device + "@sas." + s.Options.HubName
+		resource = host + "/devices/" + device
+	} else {
+		m, err := s.Registry.GetModule(ctx, device, module)
+		if err != nil {
+			t.Fatal(err)
+		}
+		keyB64 = m.Authentication.SymmetricKey.PrimaryKey
+		user = device + "/modules/" + module + "@sas." + s.Options.HubName
+		resource = host + "/devices/" + device + "/modules/" + module
+	}
+	key, err := base64.StdEncoding.DecodeString(keyB64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	token := sas.Sign(resource, key, "", time.Now().Add(time.Hour))
+	c, err := goamqp.Dial(ctx, "amqp://"+s.AMQPAddr, &goamqp.ConnOptions{SASLType: goamqp.SASLTypePlain(user, token), HostName: host})
+	if err != nil {
+		t.Fatalf("dial as %s: %v", user, err)
+	}
+	t.Cleanup(func() { c.Close() })
+	sess, err := c.NewSession(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sess
+}
+
+// twinLinks is a device's twin channel, opened the way the SDKs open it.
+type twinLinks struct {
+	t   *testing.T
+	snd *goamqp.Sender
+	rcv *goamqp.Receiver
+}
+
+func openTwin(t *testing.T, sess *goamqp.Session, addr string, credit int32) *twinLinks {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	props := map[string]any{"com.microsoft:channel-correlation-id": "twin:test", "com.microsoft:api-version": "2021-04-12"}
+	snd, err := sess.NewSender(ctx, addr, &goamqp.SenderOptions{
+		Properties:                  props,
+		SettlementMode:              goamqp.SenderSettleModeSettled.Ptr(),
+		RequestedReceiverSettleMode: goamqp.ReceiverSettleModeFirst.Ptr(),
+	})
+	if err != nil {
+		t.Fatalf("twin sender on %s: %v", addr, err)
+	}
+	rcv, err := sess.NewReceiver(ctx, addr, &goamqp.ReceiverOptions{
+		Properties:                props,
+		Credit:                    credit,
+		RequestedSenderSettleMode: goamqp.SenderSettleModeSettled.Ptr(),
+		SettlementMode:            goamqp.ReceiverSettleModeFirst.Ptr(),
+	})
+	if err != nil {
+		t.Fatalf("twin receiver on %s: %v", addr, err)
+	}
+	return &twinLinks{t: t, snd: snd, rcv: rcv}
+}
+
+// send sends a twin request: operation and resource annotations, a
+// correlation-id, and body as one data section (nil: none).
+func (c *twinLinks) send(op, resource string, corr any, body []byte) {
+	c.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	ann := goamqp.Annotations{"operation": op}
+	if resource != "" {
+		ann["resource"] = resource
+	}
+	m := &goamqp.Message{Annotations: ann, Properties: &goamqp.MessageProperties{CorrelationID: corr}}
+	if body != nil {
+		m.Data = [][]byte{body}
+	}
+	if err := c.snd.Send(ctx, m, nil); err != nil {
+		c.t.Fatalf("send %s %s: %v", op, resource, err)
+	}
+}
+
+// receive returns the next message on the response link.
+func (c *twinLinks) receive() *goamqp.Message {
+	c.t.Helper()
+	m, err := c.receiveErr(10 * time.Second)
+	if err != nil {
+		c.t.Fatalf("receive: %v", err)
+	}
+	return m
+}
+
+func (c *twinLinks) receiveErr(timeout time.Duration) (*goamqp.Message, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	m, err := c.rcv.Receive(ctx, nil)
+	if err != nil {
+		return nil, err
+	}
+	return m, c.rcv.AcceptMessage(ctx, m)
+}
+
+// call sends a request and returns its response, failing if anything else
+// arrives first.
+func (c *twinLinks) call(op, resource string, corr any, body []byte) *goamqp.Message {
+	c.t.Helper()
+	c.send(op, resource, corr, body)
+	m := c.receive()
+	if m.Properties == nil || m.Properties.CorrelationID == nil {
+		c.t.Fatalf("%s %s: got a message without correlation-id (%s) before the response", op, resource, describe(m))
+	}
+	if got, want := fmt.Sprintf("%T %v", m.Properties.CorrelationID, m.Properties.CorrelationID), fmt.Sprintf("%T %v", corr, corr); got != want {
+		c.t.Fatalf("%s %s: correlation-id %s, want %s", op, resource, got, want)
+	}
+	return m
+}
+
+func describe(m *goamqp.Message) string {
+	var corr any
+	if m.Properties != nil {
+		corr = m.Properties.CorrelationID
+	}
+	return fmt.Sprintf("correlation-id %#v annotations %v body %q", corr, m.Annotations, bytes.Join(m.Data, nil))
+}
+
+// status returns the status annotation, failing unless it is an AMQP int.
+func status(t *testing.T, m *goamqp.Message) int32 {
+	t.Helper()
+	v, ok := m.Annotations["status"].(int32)
+	if !ok {
+		t.Fatalf("status annotation %#v (%T), want an int32: %s", m.Annotations["status"], m.Annotations["status"], describe(m))
+	}
+	return v
+}
+
+// version returns the version annotation, failing unless it is an AMQP long.
+func version(t *testing.T, m *goamqp.Message) int64 {
+	t.Helper()
+	v, ok := m.Annotations["version"].(int64)
+	if !ok {
+		t.Fatalf("version annotation %#v (%T), want an int64: %s", m.Annotations["version"], m.Annotations["version"], describe(m))
+	}
+	return v
+}
+
+func bodyJSON(t *testing.T, m *goamqp.Message) map[string]any {
+	t.Helper()
+	var v map[string]any
+	if err := json.Unmarshal(bytes.Join(m.Data, nil), &v); err != nil {
+		t.Fatalf("body is not a JSON object: %v: %s", err, describe(m))
+	}
+	return v
+}
+
+// service calls the hub's REST API with a policy's SAS token.
+type service struct {
+	t      *testing.T
+	base   string
+	token  string
+	client *http.Client
+}
+
+func newService(t *testing.T, s *server.Server, policy, keyB64 string) *service {
+	key, err := base64.StdEncoding.DecodeString(keyB64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := &http.Transport{TLSClientConfig: s.ClientTLS}
+	t.Cleanup(tr.CloseIdleConnections)
+	return &service{
+		t:      t,
+		base:   "https://" + s.HTTPSAddr,
+		token:  sas.Sign(s.Options.HostName, key, policy, time.Now().Add(time.Hour)),
+		client: &http.Client{Transport: tr, Timeout: 30 * time.Second},
+	}
+}
+
+func owner(t *testing.T, s *server.Server) *service {
+	return newService(t, s, auth.PolicyIoTHubOwner, auth.DevIoTHubOwnerPrimaryKey)
+}
+
+// do sends a request; body is JSON-encoded unless it is a string.
+func (c *service) do(method, path string, body any, header ...string) (int, map[string]any, http.Header) {
+	c.t.Helper()
+	var rd io.Reader
+	switch b := body.(type) {
+	case nil:
+	case string:
+		rd = strings.NewReader(b)
+	default:
+		raw, err := json.Marshal(b)
+		if err != nil {
+			c.t.Fatal(err)
+		}
+		rd = bytes.NewReader(raw)
+	}
+	req, err := http.NewRequest(method, c.base+path+"?api-version=2021-04-12", rd)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	if c.token != "" {
+		req.Header.Set("Authorization", c.token)
+	}
+	req.Header.Set("Content-Type", "application/json; charset=utf-8")
+	for i := 0; i+1 < len(header); i += 2 {
+		req.Header.Set(header[i], header[i+1])
+	}
+	resp, err := c.client.Do(req)
+	if err != nil {
+		c.t.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(resp.Body)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	var out map[string]any
+	if len(raw) > 0 {
+		if err := json.Unmarshal(raw, &out); err != nil {
+			c.t.Fatalf("%s %s: %d with a body that is not a JSON object: %q", method, path, resp.StatusCode, raw)
+		}
+	}
+	return resp.StatusCode, out, resp.Header
+}
+
+// errorCode returns the IoT Hub error code of an error body.
+func errorCode(body map[string]any) string {
+	msg, _ := body["Message"].(string)
+	code, _, _ := strings.Cut(strings.TrimPrefix(msg, "ErrorCode:"), ";")
+	return code
+}
+
+// path walks a JSON document: path(v, "properties", "desired", "$version").
+func path(v any, keys ...string) any {
+	for _, k := range keys {
+		m, ok := v.(map[string]any)
+		if !ok {
+			return nil
+		}
+		v = m[k]
+	}
+	return v
+}
+
+// waitNoGoroutines polls until no goroutine runs code of this package,
+// failing after a few seconds: channels must not outlive their links.
+func waitNoGoroutines(t *testing.T, fragment string) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		buf := make([]byte, 1<<20)
+		stacks := string(buf[:runtime.Stack(buf, true)])
+		if !strings.Contains(stacks, fragment) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("goroutines in %s still running:\n%s", fragment, stacks)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
