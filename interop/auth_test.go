@@ -1,7 +1,6 @@
 package interop
 
 import (
-	"context"
 	"encoding/base64"
 	"fmt"
 	"testing"
@@ -22,7 +21,7 @@ const (
 // TestNodeDeviceAuth runs interop/node/test/auth.test.js: the Node device
 // SDK authenticates through CBS over AMQPS and WebSockets, renews 30-second
 // tokens for 90 seconds on one connection, and gets UnauthorizedError for
-// a wrong key, a disabled device and another device's token.
+// a wrong key, a disabled device and an expired token.
 func TestNodeDeviceAuth(t *testing.T) {
 	// The telemetry endpoint may not exist in this build; this test is
 	// about authentication, so device events are accepted by a stand-in.
@@ -39,8 +38,8 @@ func TestNodeDeviceAuth(t *testing.T) {
 		o.Endpoints = map[hub.Kind]hub.Endpoint{hub.KindDeviceEvents: accept}
 	})
 	host := s.Options.HostName
-	otherKey, _ := base64.StdEncoding.DecodeString(authOtherKey)
-	otherTok := sas.Sign(host+"/devices/other-dev", otherKey, "", time.Now().Add(time.Hour))
+	devKey, _ := base64.StdEncoding.DecodeString(authDevKey)
+	expired := sas.Sign(host+"/devices/node-dev", devKey, "", time.Now().Add(-time.Minute))
 	wrong := base64.StdEncoding.EncodeToString([]byte("definitely-not-the-key-of-node-dev"))
 	stats := s.Hub.Stats()
 	RunNode(t, 4*time.Minute, Env(
@@ -48,8 +47,7 @@ func TestNodeDeviceAuth(t *testing.T) {
 		"DEVICE_CS", fmt.Sprintf("HostName=%s;DeviceId=node-dev;SharedAccessKey=%s", host, authDevKey),
 		"WRONG_KEY_CS", fmt.Sprintf("HostName=%s;DeviceId=node-dev;SharedAccessKey=%s", host, wrong),
 		"DISABLED_CS", fmt.Sprintf("HostName=%s;DeviceId=off-dev;SharedAccessKey=%s", host, authDisabledKey),
-		// A device connection string carrying a SAS token minted for another device.
-		"OTHER_DEVICE_SAS_CS", fmt.Sprintf("HostName=%s;DeviceId=node-dev;SharedAccessSignature=%s", host, otherTok),
+		"EXPIRED_SAS_CS", fmt.Sprintf("HostName=%s;DeviceId=node-dev;SharedAccessSignature=%s", host, expired),
 		"RENEW_SECONDS", 90,
 	), "test/auth.test.js")
 	// 2 transports x 1 good open + the renewal client's opening token and
@@ -58,7 +56,6 @@ func TestNodeDeviceAuth(t *testing.T) {
 		t.Errorf("%d put-token requests succeeded; renewal did not happen inside the connection", got)
 	}
 	if got := stats.PutTokenRefused.Load(); got < 4 {
-		t.Errorf("%d put-token refusals, want at least 4 (wrong key, disabled, other device; both transports)", got)
+		t.Errorf("%d put-token refusals, want at least 4 (wrong key, disabled, expired; both transports)", got)
 	}
-	_ = context.Background
 }

@@ -272,4 +272,3 @@ func tokenCmd(args []string, stdout io.Writer) error {
 	fmt.Fprintln(stdout, tok)
 	return nil
 }
-

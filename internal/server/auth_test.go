@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -275,19 +276,21 @@ func TestCBSPutToken(t *testing.T) {
 	cbs := newCBS(t, ctx, sess)
 	uuid := goamqp.UUID{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16}
 	tests := []struct {
-		name   string
-		id     any
-		token  string
-		status int32
+		name     string
+		id       any
+		audience string
+		token    string
+		status   int32
 	}{
-		{"string id, device token", "req-1", deviceToken(t, host, "d1", d1Key, time.Hour), 200},
-		{"ulong id (C SDK)", uint64(7), deviceToken(t, host, "d2", d2Key, time.Hour), 200},
-		{"uuid id (Java SDK)", uuid, policyToken(t, host, "service", auth.DevServicePrimaryKey, time.Hour), 200},
-		{"bad signature", "req-4", deviceToken(t, host, "d1", d3Key, time.Hour), 401},
-		{"malformed", "req-5", "SharedAccessSignature sr=x", 400},
+		{"string id, device token, encoded audience (Node)", "req-1", url.QueryEscape(host + "/devices/d1"), deviceToken(t, host, "d1", d1Key, time.Hour), 200},
+		{"ulong id (C SDK)", uint64(7), host + "/devices/d2", deviceToken(t, host, "d2", d2Key, time.Hour), 200},
+		{"uuid id (Java SDK), amqps audience (C#)", uuid, "amqps://" + host + ":5671/", policyToken(t, host, "service", auth.DevServicePrimaryKey, time.Hour), 200},
+		{"bad signature", "req-4", host + "/devices/d1", deviceToken(t, host, "d1", d3Key, time.Hour), 401},
+		{"valid token for another device", "req-6", host + "/devices/d1", deviceToken(t, host, "d2", d2Key, time.Hour), 401},
+		{"malformed", "req-5", host, "SharedAccessSignature sr=x", 400},
 	}
 	for _, tc := range tests {
-		resp, err := cbs.putToken(ctx, tc.id, host+"/devices/x", tc.token)
+		resp, err := cbs.putToken(ctx, tc.id, tc.audience, tc.token)
 		if err != nil {
 			t.Fatalf("%s: %v", tc.name, err)
 		}
@@ -323,10 +326,10 @@ func TestTokenExpiryAndRenewal(t *testing.T) {
 	}
 	cbs := newCBS(t, ctx, sess)
 	// se has one-second resolution: 2 s tokens expire in 1-2 s.
-	if resp, err := cbs.putToken(ctx, "a", host, deviceToken(t, host, "d1", d1Key, 2*time.Second)); err != nil || resp.ApplicationProperties["status-code"] != int32(200) {
+	if resp, err := cbs.putToken(ctx, "a", host+"/devices/d1", deviceToken(t, host, "d1", d1Key, 2*time.Second)); err != nil || resp.ApplicationProperties["status-code"] != int32(200) {
 		t.Fatalf("put-token d1: %v %v", err, resp)
 	}
-	if resp, err := cbs.putToken(ctx, "b", host, deviceToken(t, host, "d2", d2Key, 2*time.Second)); err != nil || resp.ApplicationProperties["status-code"] != int32(200) {
+	if resp, err := cbs.putToken(ctx, "b", host+"/devices/d2", deviceToken(t, host, "d2", d2Key, 2*time.Second)); err != nil || resp.ApplicationProperties["status-code"] != int32(200) {
 		t.Fatalf("put-token d2: %v %v", err, resp)
 	}
 	r1, err := sess.NewReceiver(ctx, "/devices/d1/messages/devicebound", nil)
@@ -338,7 +341,7 @@ func TestTokenExpiryAndRenewal(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Renew d2 only, for an hour.
-	if resp, err := cbs.putToken(ctx, "c", host, deviceToken(t, host, "d2", d2Key, time.Hour)); err != nil || resp.ApplicationProperties["status-code"] != int32(200) {
+	if resp, err := cbs.putToken(ctx, "c", host+"/devices/d2", deviceToken(t, host, "d2", d2Key, time.Hour)); err != nil || resp.ApplicationProperties["status-code"] != int32(200) {
 		t.Fatalf("renew d2: %v %v", err, resp)
 	}
 	start := time.Now()

@@ -85,8 +85,8 @@ func TestNoSecretsInLogs(t *testing.T) {
 		t.Fatal(err)
 	}
 	cbs := newCBS(t, ctx, sess)
-	cbs.putToken(ctx, "1", host, bad)
-	cbs.putToken(ctx, "2", host, good)
+	cbs.putToken(ctx, "1", host+"/devices/d1", bad)
+	cbs.putToken(ctx, "2", host+"/devices/d1", good)
 	out := logs.String()
 	if out == "" {
 		t.Fatal("nothing was logged; the test would prove nothing")
