@@ -178,8 +178,15 @@ func openPartition(dir string, id int, o *Options) (*partition, error) {
 		exited:  make(chan struct{}),
 		notify:  make(chan struct{}),
 	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, p.errorf("create %s: %w", dir, err)
+	if _, err := os.Stat(dir); errors.Is(err, fs.ErrNotExist) {
+		if err := os.Mkdir(dir, 0o755); err != nil {
+			return nil, p.errorf("create %s: %w", dir, err)
+		}
+		// The new directory's entry must be durable before any record
+		// acknowledged in it.
+		if err := syncDir(filepath.Dir(dir)); err != nil {
+			return nil, p.errorf("%w", err)
+		}
 	}
 	entries, err := os.ReadDir(dir)
 	if err != nil {
