@@ -16,13 +16,13 @@ import (
 // rawClient speaks AMQP frame by frame, for what go-amqp cannot send: a
 // drain flow that keeps its credit (go-amqp's drain zeroes it).
 type rawClient struct {
-	t   *testing.T
+	t   testing.TB
 	nc  net.Conn
 	br  *bufio.Reader
 	dec frames.Decoder
 }
 
-func rawDialOwner(t *testing.T, s *server.Server) *rawClient {
+func rawDialOwner(t testing.TB, s *server.Server) *rawClient {
 	t.Helper()
 	nc, err := net.Dial("tcp", s.AMQPAddr)
 	if err != nil {
@@ -43,7 +43,7 @@ func rawDialOwner(t *testing.T, s *server.Server) *rawClient {
 	c.header(frames.ProtoAMQP)
 	c.send(&frames.Open{ContainerID: "raw", MaxFrameSize: 65536, ChannelMax: 10}, nil)
 	expectFrame[*frames.Open](c)
-	c.send(&frames.Begin{NextOutgoingID: 0, IncomingWindow: 10000, OutgoingWindow: 10000}, nil)
+	c.send(&frames.Begin{NextOutgoingID: 0, IncomingWindow: 1 << 30, OutgoingWindow: 10000, HandleMax: 1 << 16}, nil)
 	expectFrame[*frames.Begin](c)
 	return c
 }
@@ -112,6 +112,9 @@ func expectFrame[T frames.Performative](c *rawClient) T {
 	v, ok := p.(T)
 	if !ok {
 		var zero T
+		if cl, ok := p.(*frames.Close); ok && cl.Error != nil {
+			c.t.Fatalf("connection closed: %v", cl.Error)
+		}
 		c.t.Fatalf("got %#v, want %T", p, zero)
 	}
 	return v
