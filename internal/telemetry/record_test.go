@@ -287,3 +287,53 @@ func FuzzStampAnnotations(f *testing.F) {
 		}
 	})
 }
+
+// benchMessage is a typical telemetry message: a few properties, two
+// application properties and a 256-byte body.
+func benchMessage(b *testing.B) []byte {
+	return encodeMsg(b, &frames.Message{
+		Properties: &frames.Properties{
+			MessageID: "3f1c2a7e-5b8d-4c1e-9a0f-123456789abc", To: "/devices/bench-0/messages/events",
+			ContentType: "application/json", ContentEncoding: "utf-8",
+		},
+		ApplicationProperties: map[string]any{"temperatureAlert": "false", "level": "normal"},
+		Data:                  [][]byte{bytes.Repeat([]byte("t"), 256)},
+	})
+}
+
+// BenchmarkStampRecord is the per-message work of ingest: validate the
+// message and build its record with the hub's annotations.
+func BenchmarkStampRecord(b *testing.B) {
+	raw := benchMessage(b)
+	var pairs []byte
+	for _, kv := range [][2]string{{AnnDeviceID, "bench-0"}, {AnnAuthMethod, `{"scope":"device","type":"sas","issuer":"iothub","acceptingIpFilterRule":null}`}, {AnnAuthGenerationID, "638000000000000000"}, {AnnMessageSource, "Telemetry"}} {
+		pairs = encoding.AppendString(encoding.AppendSymbol(pairs, encoding.Symbol(kv[0])), kv[1])
+	}
+	pairs = appendTimestampMs(encoding.AppendSymbol(pairs, AnnEnqueuedTime), 1700000000000)
+	buf := make([]byte, 0, 4096)
+	b.SetBytes(int64(len(raw)))
+	b.ReportAllocs()
+	for b.Loop() {
+		var err error
+		if buf, err = appendStored(buf[:0], raw, pairs, 5, isHubKey, true); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkAppendEventHubAnnotations is the reader's per-event work.
+func BenchmarkAppendEventHubAnnotations(b *testing.B) {
+	rec, err := StampAnnotations(benchMessage(b), map[any]any{AnnDeviceID: "bench-0", AnnMessageSource: "Telemetry"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	buf := make([]byte, 0, 4096)
+	e := partlog.Entry{Seq: 123456, Offset: 987654321, EnqueuedTime: 1700000000000}
+	b.SetBytes(int64(len(rec)))
+	b.ReportAllocs()
+	for b.Loop() {
+		if buf, err = AppendEventHubAnnotations(buf[:0], rec, e); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
