@@ -2,6 +2,7 @@ package interop
 
 import (
 	"context"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"net"
@@ -12,9 +13,11 @@ import (
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/to"
 	"github.com/Azure/azure-sdk-for-go/sdk/messaging/azeventhubs/v2"
+	goamqp "github.com/Azure/go-amqp"
 
 	"amqphub/amqp/encoding"
 	"amqphub/amqp/frames"
+	"amqphub/internal/sas"
 	"amqphub/internal/server"
 	"amqphub/store/partlog"
 )
@@ -310,4 +313,115 @@ func TestNodeEventHubsConsumer(t *testing.T) {
 		"EH_P0_TIME_9", entries[9].EnqueuedTime,
 		"EH_P1_BEFORE", 5,
 	), "test/eventhub.test.js")
+}
+
+// TestTelemetryEndToEnd: a device sends telemetry through the hub's ingest
+// (go-amqp, SASL PLAIN with a device token) and an azeventhubs consumer on
+// the built-in endpoint reads exactly those messages with the hub's
+// iothub-* annotations and the Event Hubs x-opt values.
+func TestTelemetryEndToEnd(t *testing.T) {
+	const devKey = "ZTJlLWRldmljZS1rZXktZm9yLWV2ZW50aHViLXRlc3Q="
+	s := server.StartTest(t, func(o *server.Options) {
+		o.Devices = []server.DeviceConfig{{ID: "e2e-dev", PrimaryKey: devKey, SecondaryKey: devKey}}
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	key, err := base64.StdEncoding.DecodeString(devKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	host := s.Options.HostName
+	dc, err := goamqp.Dial(ctx, "amqps://"+s.AMQPSAddr, &goamqp.ConnOptions{
+		TLSConfig: s.ClientTLS,
+		HostName:  host,
+		SASLType:  goamqp.SASLTypePlain("e2e-dev@sas."+s.Options.HubName, sas.Sign(host+"/devices/e2e-dev", key, "", time.Now().Add(time.Hour))),
+	})
+	if err != nil {
+		t.Fatalf("device connect: %v", err)
+	}
+	defer dc.Close()
+	sess, err := dc.NewSession(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	snd, err := sess.NewSender(ctx, "/devices/e2e-dev/messages/events", nil)
+	if err != nil {
+		t.Fatalf("device events link: %v", err)
+	}
+	sentAt := time.Now()
+	for i := range 3 {
+		m := &goamqp.Message{
+			Properties:            &goamqp.MessageProperties{MessageID: fmt.Sprintf("m%d", i), ContentType: to.Ptr("application/json")},
+			ApplicationProperties: map[string]any{"index": int64(i)},
+			Data:                  [][]byte{fmt.Appendf(nil, `{"n":%d}`, i)},
+		}
+		// Send returns once the hub accepted the message, after it is durable.
+		if err := snd.Send(ctx, m, nil); err != nil {
+			t.Fatalf("send %d: %v", i, err)
+		}
+	}
+
+	strs, err := s.ConnectionStrings(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cc, err := azeventhubs.NewConsumerClientFromConnectionString(strs.EventHub, "", azeventhubs.DefaultConsumerGroup,
+		&azeventhubs.ConsumerClientOptions{TLSConfig: s.ClientTLS, CustomEndpoint: s.AMQPSAddr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close(ctx)
+	hp, err := cc.GetEventHubProperties(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// One device's messages share one partition.
+	part := ""
+	for _, id := range hp.PartitionIDs {
+		pp, err := cc.GetPartitionProperties(ctx, id, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch {
+		case pp.IsEmpty:
+		case part != "":
+			t.Fatalf("events in partitions %s and %s", part, id)
+		case pp.LastEnqueuedSequenceNumber != 2:
+			t.Fatalf("partition %s: last sequence number %d, want 2", id, pp.LastEnqueuedSequenceNumber)
+		default:
+			part = id
+		}
+	}
+	if part == "" {
+		t.Fatal("no partition holds the device's events")
+	}
+	pc, err := cc.NewPartitionClient(part, &azeventhubs.PartitionClientOptions{StartPosition: azeventhubs.StartPosition{Earliest: to.Ptr(true)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close(ctx)
+	var evs []*azeventhubs.ReceivedEventData
+	for len(evs) < 3 {
+		got, err := pc.ReceiveEvents(ctx, 3-len(evs), nil)
+		if err != nil {
+			t.Fatalf("ReceiveEvents: %v", err)
+		}
+		evs = append(evs, got...)
+	}
+	for i, ev := range evs {
+		if ev.SequenceNumber != int64(i) || string(ev.Body) != fmt.Sprintf(`{"n":%d}`, i) || ev.Properties["index"] != int64(i) ||
+			ev.MessageID == nil || *ev.MessageID != fmt.Sprintf("m%d", i) {
+			t.Errorf("event %d: seq %d body %q properties %v", i, ev.SequenceNumber, ev.Body, ev.Properties)
+		}
+		if ev.EnqueuedTime == nil || ev.EnqueuedTime.Before(sentAt.Truncate(time.Millisecond)) || ev.Offset == "" {
+			t.Errorf("event %d: enqueued %v offset %q", i, ev.EnqueuedTime, ev.Offset)
+		}
+		sp := ev.SystemProperties
+		if sp["iothub-connection-device-id"] != "e2e-dev" || sp["iothub-message-source"] != "Telemetry" {
+			t.Errorf("event %d: system properties %v", i, sp)
+		}
+		if _, ok := sp["iothub-enqueuedtime"].(time.Time); !ok {
+			t.Errorf("event %d: iothub-enqueuedtime %#v", i, sp["iothub-enqueuedtime"])
+		}
+	}
 }

@@ -10,14 +10,16 @@ import (
 	"amqphub/store/partlog"
 )
 
-// Delivery-annotation keys of the receiver runtime metric (Node
-// trackLastEnqueuedEventProperties).
+// capRuntimeMetric is the desired capability of receivers that want the
+// partition's end on every event (Node trackLastEnqueuedEventProperties).
+const capRuntimeMetric encoding.Symbol = "com.microsoft:enable-receiver-runtime-metric"
+
+// Delivery-annotation keys of the runtime metric.
 const (
-	capRuntimeMetric encoding.Symbol = "com.microsoft:enable-receiver-runtime-metric"
-	daLastSeq                        = "last_enqueued_sequence_number"
-	daLastOffset                     = "last_enqueued_offset"
-	daLastTime                       = "last_enqueued_time_utc"
-	daRetrievalTime                  = "runtime_info_retrieval_time_utc"
+	daLastSeq       = "last_enqueued_sequence_number"
+	daLastOffset    = "last_enqueued_offset"
+	daLastTime      = "last_enqueued_time_utc"
+	daRetrievalTime = "runtime_info_retrieval_time_utc"
 )
 
 // eventEncoder turns stored records into deliverable events. It keeps its

@@ -61,31 +61,21 @@ func TestSeedServiceFlow(t *testing.T) {
 		_, err = r.Receive(ctx, nil)
 	}
 	var le *goamqp.LinkError
-	var host, address string
-	port := 0
-	switch {
-	case errors.As(err, &le) && le.RemoteErr != nil && le.RemoteErr.Condition == goamqp.ErrCondLinkRedirect:
-		info := le.RemoteErr.Info
-		host, _ = info["network-host"].(string)
-		address, _ = info["address"].(string)
-		switch p := info["port"].(type) {
-		case int32:
-			port = int(p)
-		case int64:
-			port = int(p)
-		}
-		if host == "" || address == "" || port == 0 {
-			t.Fatalf("redirect info incomplete: %#v", info)
-		}
-	case condOf(err) == goamqp.ErrCondNotImplemented:
-		// The telemetry feature (which answers with the redirect) is not
-		// assembled yet: go where it will send the client.
-		t.Logf("no redirect yet (%v); using the Event-Hub-compatible address directly", err)
-		h, p, _ := net.SplitHostPort(s.AMQPSAddr)
-		host, port = h, mustAtoi(t, p)
-		address = fmt.Sprintf("amqps://%s:%d/%s", s.Options.HostName, port, partitionAddr(s, "$Default", 0))
-	default:
+	if !errors.As(err, &le) || le.RemoteErr == nil || le.RemoteErr.Condition != goamqp.ErrCondLinkRedirect {
 		t.Fatalf("attach to /messages/events: got %v, want an amqp:link:redirect", err)
+	}
+	info := le.RemoteErr.Info
+	host, _ := info["network-host"].(string)
+	address, _ := info["address"].(string)
+	port := 0
+	switch p := info["port"].(type) {
+	case int32:
+		port = int(p)
+	case int64:
+		port = int(p)
+	}
+	if host == "" || address == "" || port == 0 {
+		t.Fatalf("redirect info incomplete: %#v", info)
 	}
 
 	c2 := dial(t, "amqps://"+net.JoinHostPort(host, strconv.Itoa(port)), s.ClientTLS, s)
@@ -101,14 +91,6 @@ func TestSeedServiceFlow(t *testing.T) {
 		checkEvent(t, m, entries[n+1+i], n+1+i)
 	}
 	nextIsNew(t, ctx, s, rr, 0, 20)
-}
-
-func mustAtoi(t *testing.T, s string) int {
-	n, err := strconv.Atoi(s)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return n
 }
 
 // TestStartPositions checks every selector form against a seeded
