@@ -104,7 +104,7 @@ func (in *ingest) newSender(req *hub.AttachRequest) (*sender, *amqp.Error) {
 	p = encoding.AppendSymbol(p, AnnAuthGenerationID)
 	p = encoding.AppendString(p, genID)
 	p = encoding.AppendSymbol(p, AnnMessageSource)
-	p = encoding.AppendString(p, messageSourceTelemt)
+	p = encoding.AppendString(p, messageSourceTelemetry)
 	p = encoding.AppendSymbol(p, AnnEnqueuedTime)
 	s.fixed = len(p)
 	s.npairs += 4

@@ -24,10 +24,10 @@ const (
 	AnnEnqueuedTime     = "iothub-enqueuedtime"                  // timestamp
 	AnnMessageSource    = "iothub-message-source"                // string, "Telemetry"
 
-	AnnSequenceNumber   = "x-opt-sequence-number" // long
-	AnnOffset           = "x-opt-offset"          // string of decimal digits
-	AnnEHEnqueuedTime   = "x-opt-enqueued-time"   // timestamp
-	messageSourceTelemt = "Telemetry"
+	AnnSequenceNumber      = "x-opt-sequence-number" // long
+	AnnOffset              = "x-opt-offset"          // string of decimal digits
+	AnnEHEnqueuedTime      = "x-opt-enqueued-time"   // timestamp
+	messageSourceTelemetry = "Telemetry"
 )
 
 // ErrBadMessage is matched (errors.Is) by every error about a message that

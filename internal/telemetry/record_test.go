@@ -65,7 +65,7 @@ func TestStampAnnotations(t *testing.T) {
 	out, err := StampAnnotations(raw, map[any]any{
 		encoding.Symbol(AnnDeviceID):     "d1",
 		encoding.Symbol(AnnEnqueuedTime): when,
-		AnnMessageSource:                 messageSourceTelemt,
+		AnnMessageSource:                 messageSourceTelemetry,
 	})
 	if err != nil {
 		t.Fatal(err)

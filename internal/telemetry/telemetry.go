@@ -29,7 +29,14 @@
 // Message callbacks run on the connection's reader goroutine, so a link's
 // scratch buffers need no lock. Completions run on the log's committer
 // goroutines and only settle deliveries (which the engine allows from any
-// goroutine). No goroutine is started per message or per link.
+// goroutine). No goroutine is started per message or per link. When a
+// partition's queue is full, Log.AppendAsync blocks the connection's
+// reader: that, with link credit, is the back-pressure towards devices.
+//
+// # Not done
+//
+// Ingest does not update the device's lastActivityTime: the registry has
+// no cheap way to record it (ReplaceDevice ignores service-set fields).
 package telemetry
 
 import (
