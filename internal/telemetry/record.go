@@ -38,17 +38,6 @@ func badf(format string, args ...any) error {
 	return fmt.Errorf("%w: %s", ErrBadMessage, fmt.Sprintf(format, args...))
 }
 
-// THE STORED RECORD. A log record is one complete encoded AMQP message:
-//
-//	[header] message-annotations [properties] [application-properties] body... [footer]
-//
-// The header, properties, application-properties, body sections and footer
-// are the bytes the device sent, copied unchanged; the delivery-annotations
-// section is dropped; the message-annotations section holds the hub's
-// annotations followed by the device's own (minus any key the hub sets).
-// StampAnnotations builds such a record; AppendEventHubAnnotations turns a
-// record into what the Event-Hub-compatible endpoint sends.
-
 // StampAnnotations returns the stored form of raw, an encoded AMQP message:
 // delivery annotations dropped, ann merged into the message annotations,
 // every other section copied byte for byte. Keys of ann (encoding.Symbol or
