@@ -19,10 +19,25 @@
 // # Redirect
 //
 // A service attaching a receiver to /messages/events/ConsumerGroups/{cg}/Partitions/{p}
-// or /messages/events/$management on the hub is refused with
-// amqp:link:redirect pointing at the Event-Hub-compatible endpoint (see
-// RedirectAddress). The reader itself lives in package eventhub; the
-// stored record format they share is described in record.go.
+// or /messages/events/$management on the hub gets an attach followed at
+// once by a detach with amqp:link:redirect pointing at the
+// Event-Hub-compatible endpoint (see RedirectAddress), as IoT Hub does;
+// go-amqp reports it from the first Receive. The reader itself lives in
+// package eventhub.
+//
+// # Stored record
+//
+// A log record is one complete encoded AMQP message:
+//
+//	[header] message-annotations [properties] [application-properties] body... [footer]
+//
+// The header, properties, application-properties, body sections and footer
+// are the bytes the device sent, copied unchanged; the delivery-annotations
+// section is dropped; the message-annotations section holds the hub's
+// annotations followed by the device's own, minus any key a device may not
+// set (iothub-connection-*, iothub-enqueuedtime, iothub-message-source).
+// StampAnnotations builds such a record; the Event-Hub-compatible reader
+// sends what AppendEventHubAnnotations makes of it.
 //
 // # Concurrency
 //
