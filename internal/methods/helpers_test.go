@@ -24,7 +24,7 @@ const (
 	d2Key = "ZDItcHJpbWFyeS1rZXktZm9yLW1ldGhvZC10ZXN0cy0w"
 )
 
-func startHub(t *testing.T, mod func(*server.Options)) *server.Server {
+func startHub(t testing.TB, mod func(*server.Options)) *server.Server {
 	t.Helper()
 	return server.StartTest(t, func(o *server.Options) {
 		o.Devices = []server.DeviceConfig{
@@ -39,7 +39,7 @@ func startHub(t *testing.T, mod func(*server.Options)) *server.Server {
 
 // dialIdentity connects over plain AMQP with SASL PLAIN as a device
 // (module "") or module, with a token signed by the identity's key.
-func dialIdentity(t *testing.T, s *server.Server, device, module string) *goamqp.Session {
+func dialIdentity(t testing.TB, s *server.Server, device, module string) *goamqp.Session {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -81,13 +81,13 @@ func dialIdentity(t *testing.T, s *server.Server, device, module string) *goamqp
 
 // service calls the hub's REST API with a policy's SAS token.
 type service struct {
-	t      *testing.T
+	t      testing.TB
 	base   string
 	token  string
 	client *http.Client
 }
 
-func newService(t *testing.T, s *server.Server, policy, keyB64 string) *service {
+func newService(t testing.TB, s *server.Server, policy, keyB64 string) *service {
 	key, err := base64.StdEncoding.DecodeString(keyB64)
 	if err != nil {
 		t.Fatal(err)
@@ -102,7 +102,7 @@ func newService(t *testing.T, s *server.Server, policy, keyB64 string) *service 
 	}
 }
 
-func owner(t *testing.T, s *server.Server) *service {
+func owner(t testing.TB, s *server.Server) *service {
 	return newService(t, s, auth.PolicyIoTHubOwner, auth.DevIoTHubOwnerPrimaryKey)
 }
 
@@ -165,7 +165,7 @@ func stacksContain(fragment string) bool {
 
 // waitNoGoroutines polls until no goroutine runs code matching fragment,
 // failing after a few seconds: nothing may outlive its call or link.
-func waitNoGoroutines(t *testing.T, fragment string) {
+func waitNoGoroutines(t testing.TB, fragment string) {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for stacksContain(fragment) {

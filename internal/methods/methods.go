@@ -144,7 +144,13 @@ type attachWait struct {
 // call is an invocation waiting for its response.
 type call struct {
 	key    key
-	result chan Response // buffered: the responder never blocks
+	result chan outcome // buffered: the responder never blocks
+}
+
+// outcome is a parsed device response, or why it is unusable.
+type outcome struct {
+	resp Response
+	err  error
 }
 
 // New returns an endpoint; reg is where it checks that called identities
@@ -284,7 +290,6 @@ type Response struct {
 	Status int
 	// Payload is the device's JSON body ("null" when it sent none).
 	Payload []byte
-	err     error
 }
 
 // Invoke calls a method on a device or module and waits for its answer.
@@ -326,7 +331,7 @@ func (e *Endpoint) Invoke(ctx context.Context, req Request) (Response, error) {
 	if err != nil {
 		return Response{}, fmt.Errorf("encode method request: %w", err)
 	}
-	c := &call{key: k, result: make(chan Response, 1)}
+	c := &call{key: k, result: make(chan outcome, 1)}
 	e.mu.Lock()
 	e.calls[id] = c
 	e.mu.Unlock()
@@ -344,11 +349,11 @@ func (e *Endpoint) Invoke(ctx context.Context, req Request) (Response, error) {
 		return Response{}, e.waitError(ctx, req, k, err)
 	}
 	select {
-	case r := <-c.result:
-		if r.err != nil {
-			return Response{}, fmt.Errorf("method %s on %s: %w", req.MethodName, k, r.err)
+	case o := <-c.result:
+		if o.err != nil {
+			return Response{}, fmt.Errorf("method %s on %s: %w", req.MethodName, k, o.err)
 		}
-		return r, nil
+		return o.resp, nil
 	case <-l.Done():
 		return Response{}, fmt.Errorf("method %s on %s: %w", req.MethodName, k, ErrConnectionClosed)
 	case <-wctx.Done():

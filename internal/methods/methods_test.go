@@ -17,12 +17,12 @@ import (
 
 // methodLinks is a device's methods channel, opened like the SDKs do.
 type methodLinks struct {
-	t   *testing.T
+	t   testing.TB
 	rcv *goamqp.Receiver // requests from the hub
 	snd *goamqp.Sender   // responses to the hub
 }
 
-func openMethods(t *testing.T, sess *goamqp.Session, addr string) *methodLinks {
+func openMethods(t testing.TB, sess *goamqp.Session, addr string) *methodLinks {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()

@@ -150,7 +150,7 @@ func validMethodName(name string) error {
 }
 
 // parseResponse reads a device's method response.
-func parseResponse(m *frames.Message, maxPayload int) Response {
+func parseResponse(m *frames.Message, maxPayload int) outcome {
 	var status int
 	switch v := m.ApplicationProperties["IoThub-status"].(type) {
 	case int32:
@@ -168,7 +168,7 @@ func parseResponse(m *frames.Message, maxPayload int) Response {
 	case uint8:
 		status = int(v)
 	default:
-		return Response{err: fmt.Errorf("%w: application property IoThub-status is %T, want an int", ErrBadResponse, v)}
+		return outcome{err: fmt.Errorf("%w: application property IoThub-status is %T, want an int", ErrBadResponse, v)}
 	}
 	var body []byte
 	for _, d := range m.Data {
@@ -185,15 +185,15 @@ func parseResponse(m *frames.Message, maxPayload int) Response {
 	body = bytes.TrimSpace(body)
 	switch {
 	case len(body) > maxPayload:
-		return Response{err: fmt.Errorf("%w: a payload of %d bytes, the limit is %d", ErrBadResponse, len(body), maxPayload)}
+		return outcome{err: fmt.Errorf("%w: a payload of %d bytes, the limit is %d", ErrBadResponse, len(body), maxPayload)}
 	case len(body) == 0:
 		body = []byte("null")
 	case !json.Valid(body):
-		return Response{err: fmt.Errorf("%w: the payload is not JSON", ErrBadResponse)}
+		return outcome{err: fmt.Errorf("%w: the payload is not JSON", ErrBadResponse)}
 	default:
 		body = bytes.Clone(body)
 	}
-	return Response{Status: status, Payload: body}
+	return outcome{resp: Response{Status: status, Payload: body}}
 }
 
 func (e *Endpoint) writeError(w http.ResponseWriter, r *http.Request, err error) {

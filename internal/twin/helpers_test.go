@@ -25,7 +25,7 @@ const (
 	d2Key = "ZDItcHJpbWFyeS1rZXktZm9yLXR3aW4tdGVzdHMtMDEy"
 )
 
-func startHub(t *testing.T, mod func(*server.Options)) *server.Server {
+func startHub(t testing.TB, mod func(*server.Options)) *server.Server {
 	t.Helper()
 	return server.StartTest(t, func(o *server.Options) {
 		o.Devices = []server.DeviceConfig{
@@ -40,7 +40,7 @@ func startHub(t *testing.T, mod func(*server.Options)) *server.Server {
 
 // dialIdentity connects over plain AMQP with SASL PLAIN as a device
 // (module "") or module, with a token signed by the identity's key.
-func dialIdentity(t *testing.T, s *server.Server, device, module string) *goamqp.Session {
+func dialIdentity(t testing.TB, s *server.Server, device, module string) *goamqp.Session {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -82,12 +82,12 @@ func dialIdentity(t *testing.T, s *server.Server, device, module string) *goamqp
 
 // twinLinks is a device's twin channel, opened the way the SDKs open it.
 type twinLinks struct {
-	t   *testing.T
+	t   testing.TB
 	snd *goamqp.Sender
 	rcv *goamqp.Receiver
 }
 
-func openTwin(t *testing.T, sess *goamqp.Session, addr string, credit int32) *twinLinks {
+func openTwin(t testing.TB, sess *goamqp.Session, addr string, credit int32) *twinLinks {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -175,7 +175,7 @@ func describe(m *goamqp.Message) string {
 }
 
 // status returns the status annotation, failing unless it is an AMQP int.
-func status(t *testing.T, m *goamqp.Message) int32 {
+func status(t testing.TB, m *goamqp.Message) int32 {
 	t.Helper()
 	v, ok := m.Annotations["status"].(int32)
 	if !ok {
@@ -185,7 +185,7 @@ func status(t *testing.T, m *goamqp.Message) int32 {
 }
 
 // version returns the version annotation, failing unless it is an AMQP long.
-func version(t *testing.T, m *goamqp.Message) int64 {
+func version(t testing.TB, m *goamqp.Message) int64 {
 	t.Helper()
 	v, ok := m.Annotations["version"].(int64)
 	if !ok {
@@ -194,7 +194,7 @@ func version(t *testing.T, m *goamqp.Message) int64 {
 	return v
 }
 
-func bodyJSON(t *testing.T, m *goamqp.Message) map[string]any {
+func bodyJSON(t testing.TB, m *goamqp.Message) map[string]any {
 	t.Helper()
 	var v map[string]any
 	if err := json.Unmarshal(bytes.Join(m.Data, nil), &v); err != nil {
@@ -205,13 +205,13 @@ func bodyJSON(t *testing.T, m *goamqp.Message) map[string]any {
 
 // service calls the hub's REST API with a policy's SAS token.
 type service struct {
-	t      *testing.T
+	t      testing.TB
 	base   string
 	token  string
 	client *http.Client
 }
 
-func newService(t *testing.T, s *server.Server, policy, keyB64 string) *service {
+func newService(t testing.TB, s *server.Server, policy, keyB64 string) *service {
 	key, err := base64.StdEncoding.DecodeString(keyB64)
 	if err != nil {
 		t.Fatal(err)
@@ -226,7 +226,7 @@ func newService(t *testing.T, s *server.Server, policy, keyB64 string) *service 
 	}
 }
 
-func owner(t *testing.T, s *server.Server) *service {
+func owner(t testing.TB, s *server.Server) *service {
 	return newService(t, s, auth.PolicyIoTHubOwner, auth.DevIoTHubOwnerPrimaryKey)
 }
 
@@ -295,7 +295,7 @@ func path(v any, keys ...string) any {
 
 // waitNoGoroutines polls until no goroutine runs code of this package,
 // failing after a few seconds: channels must not outlive their links.
-func waitNoGoroutines(t *testing.T, fragment string) {
+func waitNoGoroutines(t testing.TB, fragment string) {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for {

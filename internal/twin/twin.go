@@ -207,10 +207,3 @@ func (e *Endpoint) unsubscribe(ch *channel) {
 		}
 	}
 }
-
-// subscribers returns how many channels of id are subscribed (tests).
-func (e *Endpoint) subscribers(id twins.ID) int {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	return len(e.subs[id])
-}

@@ -73,13 +73,3 @@ func bump(t *Twin) {
 	t.Version++
 	t.ETag = ETagFor(t.Generation, t.Version)
 }
-
-// copyTwin returns a deep copy of t.
-func copyTwin(t Twin) Twin {
-	t.Tags = copyObject(t.Tags)
-	t.Desired.Values = copyObject(t.Desired.Values)
-	t.Desired.Metadata = t.Desired.Metadata.Copy()
-	t.Reported.Values = copyObject(t.Reported.Values)
-	t.Reported.Metadata = t.Reported.Metadata.Copy()
-	return t
-}
