@@ -84,7 +84,7 @@ func printJSON(w io.Writer, v any) error {
 
 func deviceCmd(args []string, stdout io.Writer) error {
 	if len(args) == 0 {
-		return errors.New("usage: amqphub device create|list|show|delete|connection-string ...")
+		return errors.New("usage: amqphub device create|list|show|delete|connection-string <args>")
 	}
 	sub, args := args[0], args[1:]
 	fs := flag.NewFlagSet("device "+sub, flag.ContinueOnError)
