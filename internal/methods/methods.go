@@ -377,12 +377,13 @@ func (e *Endpoint) waitError(ctx context.Context, req Request, k key, err error)
 // onResponse matches a device's response to its call. It runs on the
 // connection's reader goroutine and only hands the result over.
 func (e *Endpoint) onResponse(k key, d *amqp.Delivery) {
-	d.Accept()
 	m, err := d.Message()
 	if err != nil {
 		e.log.Info("methods: undecodable response", "device", k.String(), "err", err)
+		d.Reject(amqp.NewError(amqp.ErrCondDecodeError, "the method response is not a valid AMQP message: "+err.Error()))
 		return
 	}
+	d.Accept()
 	var corr any
 	if m.Properties != nil {
 		corr = m.Properties.CorrelationID

@@ -185,7 +185,9 @@ func (ch *channel) handle(d *amqp.Delivery) {
 		d.Reject(amqp.NewError(amqp.ErrCondDecodeError, "the twin request is not a valid AMQP message: "+err.Error()))
 		return
 	}
-	d.Accept()
+	// Settled only once answered: the credit window then bounds the
+	// requests a device can have queued here.
+	defer d.Accept()
 	var corr any
 	if m.Properties != nil {
 		corr = m.Properties.CorrelationID

@@ -1,6 +1,7 @@
 package twin_test
 
 import (
+	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -116,6 +117,17 @@ func TestTwinREST(t *testing.T) {
 	_, after, _ := svc.do("GET", "/twins/d1", nil)
 	if after["version"] != float64(3) {
 		t.Errorf("refused writes changed the twin: version %v", after["version"])
+	}
+
+	// Ids with characters that must be escaped in a path (the SDKs use
+	// encodeURIComponent) reach the right twin.
+	const odd = "x:y+z#1(ok)?"
+	if code, body, _ := svc.do("PUT", "/devices/"+url.PathEscape(odd), map[string]any{"deviceId": odd}); code != 200 {
+		t.Fatalf("create %q: %d %v", odd, code, body)
+	}
+	code, tw, _ = svc.do("PATCH", "/twins/"+url.PathEscape(odd), map[string]any{"tags": map[string]any{"odd": true}})
+	if code != 200 || tw["deviceId"] != odd || path(tw, "tags", "odd") != true {
+		t.Errorf("twin of %q: %d %v", odd, code, tw)
 	}
 }
 
