@@ -141,3 +141,36 @@ func BenchmarkCatchUpReadServer(b *testing.B) {
 	b.ReportMetric(float64(events*b.N)/el, "events/s")
 	b.ReportMetric(float64(bytes*b.N)/el/1e6, "MB/s")
 }
+
+// BenchmarkTailLatency measures how soon a reader parked at the end of a
+// partition gets an event after the log acknowledged it (the durable
+// append returned): one event per iteration, append then receive.
+func BenchmarkTailLatency(b *testing.B) {
+	s := server.StartTest(b, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	sess := newSession(b, dialOwner(b, s))
+	r, err := newReceiver(ctx, sess, partitionAddr(s, "$Default", 0), rcvOpts{filter: "amqp.annotation.x-opt-offset > '@latest'"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	payload := devicePayload(b, "dev1", 0)
+	var ackToRecv time.Duration
+	b.ResetTimer()
+	for i := range b.N {
+		e, err := s.Log.Append(ctx, 0, payload)
+		if err != nil {
+			b.Fatal(err)
+		}
+		acked := time.Now()
+		m, err := r.Receive(ctx, nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		ackToRecv += time.Since(acked)
+		if seq, _ := m.Annotations["x-opt-sequence-number"].(int64); seq != e.Seq {
+			b.Fatalf("event %d: sequence number %d, want %d", i, seq, e.Seq)
+		}
+	}
+	b.ReportMetric(float64(ackToRecv.Microseconds())/float64(b.N), "µs-ack-to-receive/op")
+}

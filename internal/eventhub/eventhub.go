@@ -45,8 +45,9 @@
 // Attach and management requests run on the connection's reader goroutine.
 // Each partition reader has its own goroutine that reads batches from the
 // log, sends them with Link.Send (which waits for credit) and parks in
-// Log.Wait at the tail. Lock order: Endpoint.mu -> reader.mu; neither is
-// held while calling into the engine (Link.Close, Send) or the log.
+// Log.Wait at the tail. Lock order: endpoint.mu -> groupStore.mu; reader.mu
+// and mgmtConn.mu are leaves. None is held while calling into the engine
+// (Link.Close, Send) or the log.
 package eventhub
 
 import (
