@@ -23,6 +23,15 @@
 //     amqp:not-allowed, since IoT Hub's built-in endpoint is read-only
 //     (devices send to /devices/{id}/messages/events).
 //
+// Refusals: an unknown consumer group or partition gets amqp:not-found; a
+// selector that does not parse gets amqp:not-allowed (the Go and Node SDKs
+// treat it as final, where amqp:invalid-field would make the Go SDK retry
+// the same attach); a sequence number past the end of the partition gets
+// com.microsoft:argument-out-of-range. Readers that ask for the
+// com.microsoft:enable-receiver-runtime-metric capability get the
+// partition's last sequence number, offset and enqueued time in every
+// event's delivery annotations.
+//
 // Ownership per (consumer group, partition) follows Event Hubs: a reader
 // whose com.microsoft:epoch is at least the active epoch takes the
 // partition and every other reader there is detached with amqp:link:stolen;
@@ -34,6 +43,7 @@
 // Config.ConsumerGroups or the REST routes below (at most
 // Config.MaxConsumerGroups, $Default included) and persisted in
 // {DataDir}/eventhub/consumergroups.json (in memory with Env.InMemory).
+// Deleting a group detaches its readers with amqp:not-found.
 //
 //	PUT    /eventHubs/consumerGroups/{name}   create (201; 200 if it exists)   ServiceConnect or RegistryWrite
 //	GET    /eventHubs/consumerGroups          list                             ServiceConnect or RegistryRead
