@@ -26,6 +26,8 @@ type ingest struct {
 	maxSize uint64
 	credit  uint32
 	now     func() time.Time
+	// throttle limits devices and connections; nil when off (throttle.go).
+	throttle *throttle
 
 	// failing is set from the first failed append until the next
 	// successful one, so an outage is logged once, not per message.
@@ -45,6 +47,7 @@ type sender struct {
 	buf       []byte // stamped records of the current delivery
 	ends      []int  // end of each record in buf
 	secs      []frames.Section
+	limit     *linkThrottle // nil when throttling is off
 }
 
 // keepScratch bounds the scratch memory a link keeps between messages, so
@@ -62,6 +65,7 @@ func (in *ingest) Attach(req *hub.AttachRequest) *amqp.Error {
 	if aerr != nil {
 		return aerr
 	}
+	s.limit = in.throttle.forLink(req)
 	l.SetMaxMessageSize(in.maxSize)
 	if in.credit > 0 {
 		l.SetCreditWindow(in.credit)
@@ -161,6 +165,9 @@ func (s *sender) onMessage(d *amqp.Delivery) {
 	if err != nil {
 		d.Reject(amqp.NewError(amqp.ErrCondDecodeError, err.Error()))
 		s.trim()
+		return
+	}
+	if s.throttled(d, len(s.ends)) {
 		return
 	}
 	p := in.pending(d, len(s.ends))

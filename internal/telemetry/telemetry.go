@@ -83,6 +83,9 @@ type Config struct {
 	// CreditWindow is how many unsettled messages one device link may
 	// have in flight. Default: the engine's (1000).
 	CreditWindow uint32 `yaml:"creditWindow"`
+	// Throttle limits telemetry per device and per connection; off by
+	// default (see ThrottleConfig).
+	Throttle ThrottleConfig `yaml:"throttle"`
 }
 
 // Setup builds the telemetry feature: endpoints for hub.KindDeviceEvents
@@ -101,13 +104,18 @@ func Setup(env *hub.Env, cfg Config) (*hub.Module, error) {
 	if logger == nil {
 		logger = slog.Default()
 	}
+	th, err := newThrottle(cfg.Throttle, time.Now)
+	if err != nil {
+		return nil, err
+	}
 	in := &ingest{
-		log:     env.Log,
-		reg:     env.Registry,
-		logger:  logger,
-		maxSize: cfg.MaxMessageSize,
-		credit:  cfg.CreditWindow,
-		now:     time.Now,
+		log:      env.Log,
+		reg:      env.Registry,
+		logger:   logger,
+		maxSize:  cfg.MaxMessageSize,
+		credit:   cfg.CreditWindow,
+		now:      time.Now,
+		throttle: th,
 	}
 	rd := &redirect{env: env}
 	return &hub.Module{Endpoints: map[hub.Kind]hub.Endpoint{
