@@ -30,8 +30,8 @@ func (s *PebbleStore) addFeedbackLocked(m *msg, st FeedbackStatus, now time.Time
 	s.fb = append(s.fb, fr)
 	s.set(feedbackKey(fr.seq), encodeFeedback(&fr.sf))
 	s.scheduleLocked(&fr.expiry, fr.sf.expiresAt)
-	fr.committed = true
 	s.afterCommit(func() {
+		fr.committed = true
 		if !fr.removed {
 			s.notifyFeedbackLocked()
 		}

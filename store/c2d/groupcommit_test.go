@@ -163,13 +163,22 @@ func TestNothingVisibleBeforeCommit(t *testing.T) {
 	var holding atomic.Bool
 	entered := make(chan struct{})
 	release := make(chan struct{})
+	stop := make(chan struct{})
 	s, err := OpenPebble("db", PebbleOptions{
 		InMemory: true,
 		Config:   Config{ManualSweep: true},
 		testHookBeforeCommit: func() {
-			if holding.Load() {
-				entered <- struct{}{}
-				<-release
+			if !holding.Load() {
+				return
+			}
+			select {
+			case entered <- struct{}{}:
+			case <-stop:
+				return
+			}
+			select {
+			case <-release:
+			case <-stop:
 			}
 		},
 	})
@@ -177,9 +186,10 @@ func TestNothingVisibleBeforeCommit(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
+	defer close(stop) // runs first: a failing test never leaves the committer held
 	ctx := context.Background()
-	watch, stop := s.Watch("dev")
-	defer stop()
+	watch, stopWatch := s.Watch("dev")
+	defer stopWatch()
 	fbWatch, stopFb := s.WatchFeedback()
 	defer stopFb()
 
@@ -189,34 +199,30 @@ func TestNothingVisibleBeforeCommit(t *testing.T) {
 		_, err := s.Enqueue(ctx, "dev", NewMessage{Ack: AckFull})
 		done <- err
 	}()
-	<-entered
+	recv(t, entered, "the enqueue's commit")
 	if _, ok, err := s.Lock(ctx, "dev"); ok || err != nil {
 		t.Fatalf("Lock during the enqueue's commit = %v, %v; want nothing", ok, err)
 	}
-	select {
-	case <-watch:
+	if signalledNow(watch) {
 		t.Fatal("watch signalled before the enqueue was durable")
-	default:
 	}
 	holding.Store(false)
-	close(release)
+	release <- struct{}{}
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
-	<-watch
+	recv(t, watch, "watch after the enqueue's commit")
 	m, ok, err := s.Lock(ctx, "dev")
 	if err != nil || !ok {
 		t.Fatalf("Lock: %v %v", ok, err)
 	}
 
-	entered = make(chan struct{})
-	release = make(chan struct{})
 	holding.Store(true)
 	go func() { done <- s.Complete(ctx, "dev", m.LockToken) }()
-	// The lock's own write may be committed first; wait for the commit that
-	// holds the completion.
+	// The lock's own write may be committed on its own first; skip to the
+	// commit that carries the completion.
 	for {
-		<-entered
+		recv(t, entered, "the completion's commit")
 		s.mu.Lock()
 		pending := len(s.fb)
 		s.mu.Unlock()
@@ -228,18 +234,34 @@ func TestNothingVisibleBeforeCommit(t *testing.T) {
 	if _, ok, err := s.TakeFeedback(ctx, 10); ok || err != nil {
 		t.Fatalf("TakeFeedback during the completion's commit = %v, %v; want nothing", ok, err)
 	}
-	select {
-	case <-fbWatch:
+	if signalledNow(fbWatch) {
 		t.Fatal("feedback watch signalled before the record was durable")
-	default:
 	}
 	holding.Store(false)
-	close(release)
+	release <- struct{}{}
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
-	<-fbWatch
+	recv(t, fbWatch, "feedback watch after the completion's commit")
 	if b, ok, err := s.TakeFeedback(ctx, 10); !ok || err != nil || len(b.Records) != 1 {
 		t.Fatalf("TakeFeedback after the commit = %+v, %v, %v", b, ok, err)
+	}
+}
+
+func recv(t *testing.T, ch <-chan struct{}, what string) {
+	t.Helper()
+	select {
+	case <-ch:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("timed out waiting for %s", what)
+	}
+}
+
+func signalledNow(ch <-chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
 	}
 }
