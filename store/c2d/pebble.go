@@ -87,9 +87,10 @@ type commitBatch struct {
 }
 
 type queue struct {
-	id       string
-	msgs     []*msg // ascending seq
-	watchers map[chan struct{}]struct{}
+	id        string
+	msgs      []*msg // ascending seq
+	minExpiry time.Time
+	watchers  map[chan struct{}]struct{}
 }
 
 type msg struct {
@@ -220,7 +221,7 @@ func (s *PebbleStore) load() error {
 			q := s.queueLocked(qid)
 			m := newMsg(q, seq, h)
 			m.committed = true
-			q.msgs = append(q.msgs, m)
+			q.addMsg(m)
 			s.timers.schedule(&m.expiry, h.expiresAt)
 		case prefixState:
 			qid, seq, err := parseQueueKey(k)

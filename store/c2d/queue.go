@@ -139,17 +139,37 @@ func (s *PebbleStore) deadLetterLocked(m *msg, st FeedbackStatus, now time.Time,
 // operation sees the queue as of now even before the sweeper runs. It
 // reports whether it changed anything; the caller then waits for the commit,
 // so that the feedback it produced is visible when the caller returns.
+//
+// q.minExpiry is a lower bound of the queue's expiry times, so that the
+// usual call, with nothing due, costs O(1) however deep the queue is.
 func (s *PebbleStore) expireQueueLocked(q *queue, now time.Time) bool {
+	if now.Before(q.minExpiry) {
+		return false
+	}
 	changed := false
+	var next time.Time
 	for i := 0; i < len(q.msgs); {
-		if m := q.msgs[i]; m.expired(now) {
+		m := q.msgs[i]
+		if m.expired(now) {
 			s.deadLetterLocked(m, StatusExpired, now, true)
 			changed = true
 			continue
 		}
+		if next.IsZero() || m.h.expiresAt.Before(next) {
+			next = m.h.expiresAt
+		}
 		i++
 	}
+	q.minExpiry = next
 	return changed
+}
+
+// addMsg appends m to its queue, keeping minExpiry a lower bound.
+func (q *queue) addMsg(m *msg) {
+	q.msgs = append(q.msgs, m)
+	if len(q.msgs) == 1 || m.h.expiresAt.Before(q.minExpiry) {
+		q.minExpiry = m.h.expiresAt
+	}
 }
 
 // Enqueue implements Store.
@@ -199,7 +219,7 @@ func (s *PebbleStore) Enqueue(ctx context.Context, queueID string, nm NewMessage
 		s.addFeedbackLocked(m, StatusExpired, now)
 		s.dropIfIdleLocked(q)
 	} else {
-		q.msgs = append(q.msgs, m)
+		q.addMsg(m)
 		s.set(queueKey(prefixMessage, queueID, m.seq), encodeMessage(&h, nm.Body))
 		s.scheduleLocked(&m.expiry, h.expiresAt)
 		s.afterCommit(func() {
