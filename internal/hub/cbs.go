@@ -134,6 +134,7 @@ func (cs *ConnState) putToken(m *frames.Message) (int, string) {
 		return http.StatusUnauthorized, "the token's resource (sr) does not cover the requested audience"
 	}
 	cs.addCredential(id, false)
+	cs.rememberToken(id, token)
 	cs.hub.stats.PutTokenOK.Add(1)
 	return http.StatusOK, "OK"
 }

@@ -31,6 +31,7 @@ type credential struct {
 	id    auth.Identity
 	sasl  bool
 	timer *time.Timer
+	token string // the raw token, for revalidation (revalidate.go); never logged
 }
 
 func (c *credential) identity() auth.Identity { return c.id }

@@ -56,6 +56,13 @@ type Config struct {
 	// TokenGrace is how long links outlive their token's expiry before they
 	// are detached. Default 5 s.
 	TokenGrace time.Duration
+	// RevalidateInterval is how often live device and module credentials
+	// are checked again against the registry (revalidate.go). Default 5 s;
+	// negative disables.
+	RevalidateInterval time.Duration
+	// AuthTimeout closes connections that hold no valid token for that
+	// long. Default 60 s; negative disables.
+	AuthTimeout time.Duration
 	// Now is the clock (tests); default time.Now.
 	Now func() time.Time
 	// Logger; default slog.Default().
@@ -67,6 +74,7 @@ type Hub struct {
 	cfg   Config
 	log   *slog.Logger
 	stats Stats
+	reval revalidator
 }
 
 // Stats are the hub's counters (tests and metrics read them).
@@ -132,6 +140,7 @@ func (h *Hub) Authenticate(req *amqp.SASLRequest) (any, error) {
 			h.log.Info("hub: SASL PLAIN refused", "user", req.Username, "reason", err)
 			return nil, err
 		}
+		h.rememberSASLToken(&id, req.Password)
 		return &id, nil
 	}
 	return nil, fmt.Errorf("mechanism %s not supported", req.Mechanism)
@@ -142,8 +151,10 @@ func (h *Hub) OnOpen(c *amqp.Conn) *amqp.Error {
 	cs := newConnState(h, c)
 	if id, ok := c.Identity().(*auth.Identity); ok && id != nil {
 		cs.addCredential(*id, true)
+		cs.rememberToken(*id, h.takeSASLToken(id))
 	}
 	c.SetValue(cs)
+	h.track(cs)
 	h.stats.ConnectionsOpened.Add(1)
 	h.stats.ConnectionsOpen.Add(1)
 	return nil
@@ -153,7 +164,11 @@ func (h *Hub) OnOpen(c *amqp.Conn) *amqp.Error {
 func (h *Hub) OnClose(c *amqp.Conn, err error) {
 	if cs, ok := c.Value().(*ConnState); ok {
 		cs.close()
+		h.untrack(cs)
 		h.stats.ConnectionsOpen.Add(-1)
+	}
+	if id, ok := c.Identity().(*auth.Identity); ok {
+		h.takeSASLToken(id) // the handshake may have failed before OnOpen
 	}
 }
 
