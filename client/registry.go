@@ -46,6 +46,9 @@ type SymmetricKey struct {
 // APIVersion is the REST api-version sent with every request.
 const APIVersion = "2021-04-12"
 
+// defaultRESTTimeout bounds REST requests whose context has no deadline.
+const defaultRESTTimeout = 30 * time.Second
+
 // Registry talks to a hub's registry REST API with a shared access policy.
 type Registry struct {
 	hub    ServiceConnection
@@ -84,7 +87,9 @@ func NewRegistry(connectionString string, opts *RegistryOptions) (*Registry, err
 		r.base = strings.TrimSuffix(opts.BaseURL, "/")
 	}
 	if r.http == nil {
-		r.http = &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: opts.TLSConfig}}
+		// No client-wide timeout: method calls may legitimately take
+		// minutes; do bounds requests whose context has no deadline.
+		r.http = &http.Client{Transport: &http.Transport{TLSClientConfig: opts.TLSConfig, Proxy: http.ProxyFromEnvironment}}
 	}
 	return r, nil
 }
@@ -116,7 +121,21 @@ var (
 func (e *Error) Is(target error) bool {
 	switch target {
 	case ErrDeviceNotFound:
-		return e.StatusCode == http.StatusNotFound
+		return e.StatusCode == http.StatusNotFound && e.Code != "DeviceNotOnline" && e.Code != "DeviceConnectionClosedRemotely"
+	case ErrDeviceNotOnline:
+		return e.Code == "DeviceNotOnline" || e.Code == "DeviceConnectionClosedRemotely"
+	case ErrTimeout:
+		return e.StatusCode == http.StatusGatewayTimeout || e.StatusCode == http.StatusRequestTimeout
+	case ErrThrottled:
+		return e.StatusCode == http.StatusTooManyRequests
+	case ErrMessageTooLarge:
+		return e.StatusCode == http.StatusRequestEntityTooLarge
+	case ErrQueueDepthExceeded:
+		return e.Code == "DeviceMaximumQueueDepthExceeded"
+	case ErrQuotaExceeded:
+		return e.Code == "IotHubQuotaExceeded"
+	case ErrNotImplemented:
+		return e.StatusCode == http.StatusNotImplemented
 	case ErrDeviceAlreadyExists:
 		return e.StatusCode == http.StatusConflict
 	case ErrUnauthorized:
@@ -141,11 +160,17 @@ func (r *Registry) do(ctx context.Context, method, path string, body any, ifMatc
 		sep = "&"
 	}
 	u := r.base + path + sep + "api-version=" + APIVersion
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, defaultRESTTimeout)
+		defer cancel()
+	}
 	req, err := http.NewRequestWithContext(ctx, method, u, rd)
 	if err != nil {
 		return err
 	}
 	req.Header.Set("Authorization", SignToken(r.hub.HostName, r.key, r.policy, time.Now().Add(time.Hour)))
+	req.Header.Set("User-Agent", UserAgent)
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json; charset=utf-8")
 	}
