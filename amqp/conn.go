@@ -166,7 +166,7 @@ func (c *Conn) run() {
 	}()
 	c.br = bufio.NewReaderSize(c.nc, 4096)
 	c.nc.SetDeadline(time.Now().Add(c.cfg.HandshakeTimeout))
-	if err = c.handshake(); err != nil {
+	if err = c.limitedHandshake(); err != nil {
 		var sf errSASLFailed
 		if errors.As(err, &sf) {
 			c.log.Info("amqp: authentication failed", "err", err)

@@ -57,6 +57,12 @@ type Config struct {
 	// HandshakeTimeout bounds the protocol header, SASL and Open exchange.
 	// Default 10 s.
 	HandshakeTimeout time.Duration
+	// MaxHandshakes bounds connections still in that exchange; further
+	// connections are closed at once (limits.go). Default 1024.
+	MaxHandshakes int
+	// MaxHandshakesPerIP bounds them per remote IP address, so one source
+	// cannot take every slot. Default 256.
+	MaxHandshakesPerIP int
 	// MaxWriteBuffer bounds frames queued for a slow peer; beyond it the
 	// connection stops reading until the peer catches up. Default 4 MiB.
 	MaxWriteBuffer int
@@ -107,6 +113,12 @@ func (c *Config) withDefaults() Config {
 	if d.HandshakeTimeout == 0 {
 		d.HandshakeTimeout = 10 * time.Second
 	}
+	if d.MaxHandshakes == 0 {
+		d.MaxHandshakes = 1024
+	}
+	if d.MaxHandshakesPerIP == 0 {
+		d.MaxHandshakesPerIP = 256
+	}
 	if d.MaxWriteBuffer == 0 {
 		d.MaxWriteBuffer = 4 << 20
 	}
@@ -139,6 +151,7 @@ type Server struct {
 	conns     map[*Conn]struct{}
 	closed    bool
 	wg        sync.WaitGroup
+	hs        handshakes
 }
 
 // NewServer returns a server with cfg's limits and hooks.
@@ -207,6 +220,11 @@ func (s *Server) ServeConn(nc net.Conn) { s.serveConn(nc) }
 func (s *Server) serveConn(nc net.Conn) *Conn {
 	s.mu.Lock()
 	if s.closed {
+		s.mu.Unlock()
+		nc.Close()
+		return nil
+	}
+	if !s.hs.acquire(&s.cfg, nc.RemoteAddr()) {
 		s.mu.Unlock()
 		nc.Close()
 		return nil
