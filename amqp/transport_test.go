@@ -3,6 +3,7 @@ package amqp_test
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -115,4 +116,53 @@ func TestWebSocketTransport(t *testing.T) {
 	defer c.Close()
 	roundTrip(t, c)
 	var _ net.Conn = nc
+}
+
+// externalAuth accepts SASL EXTERNAL when the TLS client presented a
+// certificate, and names the connection after its subject.
+type externalAuth struct{}
+
+func (externalAuth) Mechanisms() []string { return []string{amqp.MechEXTERNAL} }
+func (externalAuth) Authenticate(req *amqp.SASLRequest) (any, error) {
+	if req.TLS == nil || len(req.TLS.PeerCertificates) == 0 {
+		return nil, errors.New("no client certificate")
+	}
+	return req.TLS.PeerCertificates[0].Subject.CommonName, nil
+}
+
+type identityCheck struct {
+	*demo.Handler
+	seen chan any
+}
+
+func (h identityCheck) OnOpen(c *amqp.Conn) *amqp.Error { h.seen <- c.Identity(); return nil }
+
+func TestSASLExternalWithClientCertificate(t *testing.T) {
+	srvTLS, cliTLS := amqptest.SelfSigned(t)
+	// The client certificate: the server's own self-signed pair, trusted
+	// as a client CA for this test.
+	srvTLS.ClientAuth = tls.RequireAndVerifyClientCert
+	srvTLS.ClientCAs = cliTLS.RootCAs
+	h := identityCheck{demo.NewHandler(), make(chan any, 1)}
+	srv, err := amqp.NewServer(amqp.Config{Handler: h, SASL: externalAuth{}, Logger: amqptest.TestLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", srvTLS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(ln)
+	defer srv.Close()
+	cliTLS.Certificates = srvTLS.Certificates
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := goamqp.Dial(ctx, "amqps://"+ln.Addr().String(), &goamqp.ConnOptions{TLSConfig: cliTLS, SASLType: goamqp.SASLTypeExternal("")})
+	if err != nil {
+		t.Fatalf("EXTERNAL over TLS with a client certificate: %v", err)
+	}
+	defer c.Close()
+	if id := <-h.seen; id != "localhost" {
+		t.Fatalf("connection identity %v, want the certificate subject localhost", id)
+	}
 }
