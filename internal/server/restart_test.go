@@ -3,8 +3,10 @@ package server_test
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"log/slog"
 	"net/url"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -13,6 +15,7 @@ import (
 	"amqphub/internal/auth"
 	"amqphub/internal/registry"
 	"amqphub/internal/server"
+	"amqphub/internal/tlsutil"
 )
 
 type syncBuf struct {
@@ -103,5 +106,33 @@ func TestNoSecretsInLogs(t *testing.T) {
 		if strings.Contains(out, k) {
 			t.Fatalf("a key appears in the log")
 		}
+	}
+}
+
+// TestUserCertificate: a configured certificate and key replace the
+// generated local CA.
+func TestUserCertificate(t *testing.T) {
+	dir := t.TempDir()
+	if _, _, err := tlsutil.EnsureLocalCA(dir, []string{"user.example"}); err != nil {
+		t.Fatal(err)
+	}
+	s := server.StartTest(t, func(o *server.Options) {
+		o.TLSCertFile = filepath.Join(dir, tlsutil.ServerCertFile)
+		o.TLSKeyFile = filepath.Join(dir, tlsutil.ServerKeyFile)
+	})
+	if s.CAFile != "" {
+		t.Fatalf("a local CA was generated (%s) although a certificate was configured", s.CAFile)
+	}
+	pool, err := tlsutil.CAPool(filepath.Join(dir, tlsutil.CACertFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := tls.Dial("tcp", s.AMQPSAddr, &tls.Config{RootCAs: pool, ServerName: "user.example", MinVersion: tls.VersionTLS12})
+	if err != nil {
+		t.Fatalf("TLS with the user's certificate: %v", err)
+	}
+	conn.Close()
+	if _, err := server.Start(server.Options{InMemory: true, TLSCertFile: "/nonexistent.pem", TLSKeyFile: "/nonexistent-key.pem", AMQPAddr: "off", AMQPSAddr: "127.0.0.1:0", HTTPSAddr: "off"}); err == nil {
+		t.Fatal("a missing certificate file was accepted")
 	}
 }
