@@ -690,3 +690,84 @@ func TestManyIdleConnectionsReclaimed(t *testing.T) {
 	settleHeap(t, before, 4<<20, "after 300 idle connections")
 	goodClient(t, srv, "127.0.0.1")
 }
+
+// racer waits in Send on every "wait" link and calls TrySend on it from
+// the reader goroutine whenever a message arrives on "trigger".
+type racer struct {
+	*demo.Handler
+	mu      sync.Mutex
+	waiting *amqp.Link
+	sent    chan error
+	tried   chan error
+}
+
+func (r *racer) OnAttach(l *amqp.Link) *amqp.Error {
+	msg, _ := (&frames.Message{Data: [][]byte{[]byte("x")}}).AppendAMQP(nil)
+	switch {
+	case l.Address() == "wait" && l.IsSender():
+		r.mu.Lock()
+		r.waiting = l
+		r.mu.Unlock()
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			r.sent <- l.Send(ctx, &amqp.Outgoing{Payload: msg})
+		}()
+		return nil
+	case l.Address() == "trigger" && !l.IsSender():
+		l.OnMessage(func(d *amqp.Delivery) {
+			d.Accept()
+			r.mu.Lock()
+			w := r.waiting
+			r.mu.Unlock()
+			start := time.Now()
+			err := w.TrySend(&amqp.Outgoing{Payload: msg})
+			if time.Since(start) > time.Second {
+				err = fmt.Errorf("TrySend blocked the reader for %v", time.Since(start))
+			}
+			r.tried <- err
+		})
+		return nil
+	}
+	return r.Handler.OnAttach(l)
+}
+
+// TestTrySendWhileSendWaits: a TrySend on the reader goroutine while a
+// Send on the same link waits for credit must not block: the credit that
+// Send waits for can only be read by that same goroutine.
+func TestTrySendWhileSendWaits(t *testing.T) {
+	r := &racer{Handler: demo.NewHandler(), sent: make(chan error, 1), tried: make(chan error, 1)}
+	srv := startRaw(t, func(c *amqp.Config) { c.Handler = r })
+	c := rawDial(t, srv.Addr)
+	c.write(frames.ProtoAMQP[:])
+	c.readHeader()
+	c.send(0, &frames.Open{ContainerID: "racer", MaxFrameSize: 65536}, nil)
+	expect[*frames.Open](c)
+	c.send(0, &frames.Begin{IncomingWindow: 100, OutgoingWindow: 100, HandleMax: 10}, nil)
+	expect[*frames.Begin](c)
+	c.send(0, &frames.Attach{Name: "w", Handle: 0, Role: frames.RoleReceiver, Source: &frames.Source{Address: "wait"}, Target: &frames.Target{}}, nil)
+	expect[*frames.Attach](c)
+	c.send(0, &frames.Attach{Name: "t", Handle: 1, Role: frames.RoleSender, Source: &frames.Source{}, Target: &frames.Target{Address: "trigger"}}, nil)
+	expect[*frames.Attach](c)
+	expect[*frames.Flow](c)
+	// The waiting Send started in OnAttach, two round trips ago.
+	msg, _ := (&frames.Message{Data: [][]byte{[]byte("go")}}).AppendAMQP(nil)
+	c.send(0, &frames.Transfer{Handle: 1, DeliveryID: 0, HasDeliveryID: true, DeliveryTag: []byte{1}, Settled: true, HasSettled: true}, msg)
+	select {
+	case err := <-r.tried:
+		if !errors.Is(err, amqp.ErrNoCredit) {
+			t.Fatalf("TrySend: %v, want ErrNoCredit at once", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("TrySend on the reader goroutine blocked behind a waiting Send")
+	}
+	// Credit now reaches the waiting Send through the unblocked reader.
+	c.send(0, &frames.Flow{Handle: 0, HasHandle: true, LinkCredit: 5, HasLinkCredit: true, DeliveryCount: 0, HasDeliveryCount: true,
+		NextIncomingID: 0, HasNextIncomingID: true, IncomingWindow: 100, OutgoingWindow: 100}, nil)
+	if tr := expect[*frames.Transfer](c); tr.Handle != 0 {
+		t.Fatalf("transfer on handle %d", tr.Handle)
+	}
+	if err := <-r.sent; err != nil {
+		t.Fatalf("waiting Send: %v", err)
+	}
+}

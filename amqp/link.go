@@ -666,7 +666,9 @@ func (l *Link) send(ctx context.Context, out *Outgoing, wait bool) error {
 	if len(out.Tag) > 32 {
 		return errors.New("amqp: delivery tag longer than 32 bytes")
 	}
-	l.sendMu.Lock()
+	if !l.lockSend(wait) {
+		return ErrNoCredit
+	}
 	defer l.sendMu.Unlock()
 	c, s := l.conn, l.sess
 	c.mu.Lock()

@@ -77,12 +77,9 @@ func (cs *ConnState) onCBSRequest(d *amqp.Delivery) {
 	}
 	out := &amqp.Outgoing{Payload: payload, Settled: true}
 	if err := rl.TrySend(out); errors.Is(err, amqp.ErrNoCredit) {
-		// The client has not granted credit yet: wait off the reader goroutine.
-		go func() {
-			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			defer cancel()
-			rl.Send(ctx, out)
-		}()
+		// The client has not granted credit yet: wait off the reader
+		// goroutine, within a bound (cbsreply.go).
+		cs.sendCBSReplyLater(rl, out)
 	}
 }
 
