@@ -88,9 +88,12 @@ func ParseAddress(addr, entity string) Route {
 	raw := strings.Split(trimmed, "/")
 	seg := make([]string, len(raw))
 	for i, s := range raw {
+		// Some SDKs percent-encode ids, the Node device SDK does not, and
+		// '%' is a legal id character: a segment that is not a valid
+		// escape sequence is taken literally.
 		d, err := url.PathUnescape(s)
 		if err != nil {
-			return Route{}
+			d = s
 		}
 		seg[i] = d
 	}

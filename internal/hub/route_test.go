@@ -28,7 +28,7 @@ func TestParseAddress(t *testing.T) {
 		{"/devices/d1/messages/events/extra", Route{}},
 		{"/nothing/here", Route{}},
 		{"", Route{}},
-		{"/devices/%zz/messages/events", Route{}},
+		{"/devices/100%pure/messages/events", Route{Kind: KindDeviceEvents, DeviceID: "100%pure", Path: "/devices/100%pure/messages/events"}},
 	}
 	for _, tc := range tests {
 		if got := ParseAddress(tc.addr, "myhub"); got != tc.want {

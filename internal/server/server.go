@@ -476,11 +476,13 @@ func (s *Server) Close() error {
 	s.stop.Do(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		if s.https != nil {
-			s.https.Shutdown(ctx)
-		}
+		// AMQP first: closing device connections fails REST calls that wait
+		// on a device (direct methods) at once, so HTTPS drains quickly.
 		if s.Engine != nil {
 			s.Engine.Shutdown(ctx)
+		}
+		if s.https != nil {
+			s.https.Shutdown(ctx)
 		}
 		s.wg.Wait()
 		for i := len(s.closers) - 1; i >= 0; i-- {
