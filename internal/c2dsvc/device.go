@@ -1,0 +1,333 @@
+package c2dsvc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"amqphub/amqp"
+	"amqphub/amqp/encoding"
+	"amqphub/amqp/frames"
+	"amqphub/internal/hub"
+	"amqphub/internal/telemetry"
+	"amqphub/store/c2d"
+)
+
+// Message annotations the hub adds to each delivery to a device.
+const (
+	AnnEnqueuedTime   = "iothub-enqueuedtime"   // timestamp
+	AnnDeliveryCount  = "iothub-deliverycount"  // ubyte
+	AnnSequenceNumber = "x-opt-sequence-number" // ulong
+	AnnLockToken      = "x-opt-lock-token"      // string
+)
+
+// deviceLink is one /devices/{id}[/modules/{mid}]/messages/devicebound link.
+type deviceLink struct {
+	svc        *Service
+	l          *amqp.Link
+	q          string
+	gen        string // the device's generation id when the link attached
+	presettled bool
+
+	mu sync.Mutex
+	// inflight maps the tokens of messages sent and not yet settled to the
+	// end of their lock.
+	inflight map[c2d.LockToken]time.Time
+}
+
+// attachDevice serves a device's (or module's) devicebound address.
+func (s *Service) attachDevice(req *hub.AttachRequest) *amqp.Error {
+	l := req.Link
+	if !l.IsSender() {
+		return amqp.NewError(amqp.ErrCondNotAllowed, "devices receive cloud-to-device messages on this address; attach a receiver")
+	}
+	ctx, cancel := context.WithTimeout(s.ctx, 5*time.Second)
+	defer cancel()
+	gen, aerr := s.resolve(ctx, req.Route.DeviceID, req.Route.ModuleID)
+	if aerr != nil {
+		return aerr
+	}
+	dl := &deviceLink{
+		svc:      s,
+		l:        l,
+		q:        queueID(req.Route.DeviceID, req.Route.ModuleID),
+		gen:      gen,
+		inflight: make(map[c2d.LockToken]time.Time),
+	}
+	// A device that asks for pre-settled deliveries gets them, and each
+	// counts as completed once sent; otherwise the device settles.
+	if l.PeerAttach().SenderSettleMode == frames.SenderSettleSettled {
+		dl.presettled = true
+		l.SetSenderSettleMode(frames.SenderSettleSettled)
+	} else {
+		l.SetSenderSettleMode(frames.SenderSettleUnsettled)
+	}
+	s.linkUp(dl)
+	if !s.goTracked(dl.run) {
+		s.linkDown(dl)
+		return amqp.NewError(amqp.ErrCondDetachForced, "the hub is shutting down")
+	}
+	return nil
+}
+
+// run delivers the queue's messages while the link lasts: it waits for
+// credit, locks the oldest available message and sends it.
+func (dl *deviceLink) run() {
+	s, l := dl.svc, dl.l
+	defer s.linkDown(dl)
+	s.releaseLost(dl.q)
+	ch, stop := s.store.Watch(dl.q)
+	defer stop()
+	for {
+		if err := l.WaitCredit(s.ctx); err != nil {
+			return
+		}
+		m, ok, err := s.store.Lock(s.ctx, dl.q)
+		if err != nil {
+			if s.ctx.Err() == nil {
+				s.log.Error("c2d: locking a message failed; detaching the device link", "queue", dl.q, "err", err)
+				l.Close(amqp.NewError(amqp.ErrCondInternalError, "the hub could not read the device's queue"))
+			}
+			return
+		}
+		if !ok {
+			select {
+			case <-ch:
+			case <-l.Done():
+				return
+			case <-s.ctx.Done():
+				return
+			}
+			continue
+		}
+		if m.GenerationID != dl.gen {
+			// The message was sent to a deleted device of the same id.
+			n, err := s.store.DropGenerations(s.ctx, dl.q, dl.gen)
+			if err != nil {
+				if s.ctx.Err() == nil {
+					s.log.Error("c2d: dropping messages of a deleted device failed", "queue", dl.q, "err", err)
+				}
+				return
+			}
+			s.log.Info("c2d: dropped messages of a deleted device", "queue", dl.q, "messages", n)
+			continue
+		}
+		if !dl.send(m) {
+			return
+		}
+	}
+}
+
+// send sends one locked message and reports whether the link is still
+// usable.
+func (dl *deviceLink) send(m c2d.Message) bool {
+	s, l := dl.svc, dl.l
+	payload, err := deviceMessage(m)
+	if err != nil {
+		// Stored messages were validated when they were accepted; one
+		// that cannot be stamped is dead-lettered rather than retried.
+		s.log.Error("c2d: a stored message cannot be delivered; rejecting it", "queue", dl.q, "seq", m.Seq, "err", err)
+		if err := s.store.Reject(s.ctx, dl.q, m.LockToken); err != nil {
+			s.log.Error("c2d: rejecting an undeliverable message failed", "queue", dl.q, "seq", m.Seq, "err", err)
+		}
+		return true
+	}
+	token := m.LockToken
+	dl.mu.Lock()
+	dl.inflight[token] = m.LockedUntil
+	dl.mu.Unlock()
+	tag := append([]byte(nil), token[:]...)
+	err = l.Send(s.ctx, &amqp.Outgoing{
+		Tag:       tag,
+		Payload:   payload,
+		Settled:   dl.presettled,
+		OnSettled: func(st frames.DeliveryState, err error) { dl.onSettled(token, st, err) },
+	})
+	if err != nil {
+		dl.mu.Lock()
+		delete(dl.inflight, token)
+		dl.mu.Unlock()
+		if errors.Is(err, amqp.ErrMessageTooLarge) {
+			s.log.Info("c2d: a message exceeds the device's max-message-size; detaching its link", "queue", dl.q, "seq", m.Seq, "bytes", len(payload))
+			l.Close(amqp.NewError(amqp.ErrCondMessageSizeExceeded,
+				fmt.Sprintf("a pending message is %d bytes, more than the link's max-message-size", len(payload))))
+		}
+		// Never sent: give the lock back at once, unless the hub is
+		// stopping (the lock then expires after the restart).
+		if s.ctx.Err() == nil {
+			s.release(dl.q, token)
+		}
+		return false
+	}
+	if dl.presettled {
+		dl.mu.Lock()
+		delete(dl.inflight, token)
+		dl.mu.Unlock()
+		dl.apply(token, "complete", s.store.Complete)
+	}
+	return true
+}
+
+// deviceMessage is the service's stored message with the per-delivery
+// annotations.
+func deviceMessage(m c2d.Message) ([]byte, error) {
+	count := uint8(min(m.DeliveryCount, 255))
+	return telemetry.StampAnnotations(m.Body, map[any]any{
+		encoding.Symbol(AnnEnqueuedTime):   m.EnqueuedAt,
+		encoding.Symbol(AnnDeliveryCount):  count,
+		encoding.Symbol(AnnSequenceNumber): m.Seq,
+		encoding.Symbol(AnnLockToken):      m.LockToken.String(),
+	})
+}
+
+// onSettled runs on the engine's goroutine when the device settles a
+// delivery or the link goes first.
+func (dl *deviceLink) onSettled(token c2d.LockToken, st frames.DeliveryState, err error) {
+	s := dl.svc
+	dl.mu.Lock()
+	until, ok := dl.inflight[token]
+	delete(dl.inflight, token)
+	dl.mu.Unlock()
+	if !ok {
+		return
+	}
+	if err != nil {
+		s.lockLost(dl.q, token, until)
+		return
+	}
+	switch st := st.(type) {
+	case frames.Accepted:
+		dl.apply(token, "complete", s.store.Complete)
+	case frames.Rejected:
+		dl.apply(token, "reject", s.store.Reject)
+	case frames.Released:
+		dl.apply(token, "abandon", s.store.Abandon)
+	case frames.Modified:
+		switch {
+		case st.UndeliverableHere:
+			dl.apply(token, "reject", s.store.Reject)
+		case st.DeliveryFailed:
+			dl.apply(token, "abandon", s.store.Abandon)
+		default:
+			dl.apply(token, "release", s.store.Release)
+		}
+	default:
+		// Settled without an outcome: the device took no decision, so the
+		// message comes back without counting a delivery.
+		dl.apply(token, "release", s.store.Release)
+	}
+}
+
+// apply runs a settlement on a goroutine. A lock that expired (or a message
+// purged or dropped meanwhile) is not an error of the hub: the message was
+// or will be delivered again, so it is only logged.
+func (dl *deviceLink) apply(token c2d.LockToken, op string, f func(context.Context, string, c2d.LockToken) error) {
+	s := dl.svc
+	s.goTracked(func() {
+		err := f(s.ctx, dl.q, token)
+		switch {
+		case err == nil:
+		case errors.Is(err, c2d.ErrLockLost), errors.Is(err, c2d.ErrNotFound):
+			s.log.Debug("c2d: late settlement ignored", "queue", dl.q, "op", op, "err", err)
+		case s.ctx.Err() != nil:
+		default:
+			s.log.Error("c2d: settling a message failed", "queue", dl.q, "op", op, "err", err)
+		}
+	})
+}
+
+// release gives a lock back without counting a delivery, on a goroutine.
+func (s *Service) release(q string, token c2d.LockToken) {
+	s.goTracked(func() {
+		err := s.store.Release(s.ctx, q, token)
+		if err != nil && !errors.Is(err, c2d.ErrLockLost) && !errors.Is(err, c2d.ErrNotFound) && s.ctx.Err() == nil {
+			s.log.Error("c2d: releasing a lock failed", "queue", q, "err", err)
+		}
+	})
+}
+
+// linkUp and linkDown track the device links of each queue.
+func (s *Service) linkUp(dl *deviceLink) {
+	s.mu.Lock()
+	set := s.links[dl.q]
+	if set == nil {
+		set = make(map[*deviceLink]struct{})
+		s.links[dl.q] = set
+	}
+	set[dl] = struct{}{}
+	s.mu.Unlock()
+}
+
+func (s *Service) linkDown(dl *deviceLink) {
+	s.mu.Lock()
+	if set := s.links[dl.q]; set != nil {
+		delete(set, dl)
+		if len(set) == 0 {
+			delete(s.links, dl.q)
+		}
+	}
+	s.mu.Unlock()
+}
+
+// lockLost records the lock of a message whose link went away unsettled.
+// If another link of the queue is attached the lock is given back at once;
+// otherwise the next link to attach in this process gives it back, and
+// without one it expires (after a restart, too).
+func (s *Service) lockLost(q string, token c2d.LockToken, until time.Time) {
+	s.mu.Lock()
+	for dl := range s.links[q] {
+		select {
+		case <-dl.l.Done():
+			// Going too (the link that lost the lock is one of them).
+		default:
+			s.mu.Unlock()
+			s.release(q, token)
+			return
+		}
+	}
+	now := time.Now()
+	kept := s.lost[q][:0]
+	for _, ll := range s.lost[q] {
+		if ll.until.After(now) {
+			kept = append(kept, ll)
+		}
+	}
+	s.lost[q] = append(kept, lostLock{token: token, until: until})
+	s.mu.Unlock()
+}
+
+// releaseLost gives back the lost locks of q.
+func (s *Service) releaseLost(q string) {
+	s.mu.Lock()
+	lost := s.lost[q]
+	delete(s.lost, q)
+	s.mu.Unlock()
+	now := time.Now()
+	for _, ll := range lost {
+		if ll.until.After(now) {
+			s.release(q, ll.token)
+		}
+	}
+}
+
+// pruneLost forgets lost locks that have expired anyway.
+func (s *Service) pruneLost() {
+	now := time.Now()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for q, list := range s.lost {
+		kept := list[:0]
+		for _, ll := range list {
+			if ll.until.After(now) {
+				kept = append(kept, ll)
+			}
+		}
+		if len(kept) == 0 {
+			delete(s.lost, q)
+		} else {
+			s.lost[q] = kept
+		}
+	}
+}

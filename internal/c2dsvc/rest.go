@@ -1,0 +1,53 @@
+package c2dsvc
+
+import (
+	"net/http"
+
+	"amqphub/internal/auth"
+	"amqphub/internal/rest"
+)
+
+// PurgeResult is the body of a purge response, as IoT Hub's
+// PurgeMessageQueueResult.
+type PurgeResult struct {
+	TotalMessagesPurged int    `json:"totalMessagesPurged"`
+	DeviceID            string `json:"deviceId"`
+}
+
+// RegisterREST adds DELETE /devices/{id}/commands (purge a device's queue,
+// ServiceConnect) to h.
+func (s *Service) RegisterREST(h *rest.Handler) {
+	h.Handle("DELETE /devices/{id}/commands", auth.ServiceConnect, s.purge)
+}
+
+func (s *Service) purge(w http.ResponseWriter, r *http.Request, _ auth.Identity) {
+	id := r.PathValue("id")
+	dev, err := s.reg.GetDevice(r.Context(), id)
+	if err != nil {
+		status, code := rest.StatusFor(err)
+		if status == http.StatusInternalServerError {
+			s.log.Error("c2d: purge: registry lookup failed", "device", id, "err", err)
+			rest.WriteError(w, status, code, "internal error")
+			return
+		}
+		rest.WriteError(w, status, code, err.Error())
+		return
+	}
+	// Messages of a deleted device of the same id are not this device's
+	// to purge: they go without feedback.
+	if _, err := s.store.DropGenerations(r.Context(), id, dev.GenerationID); err != nil {
+		s.storeError(w, id, err)
+		return
+	}
+	n, err := s.store.Purge(r.Context(), id)
+	if err != nil {
+		s.storeError(w, id, err)
+		return
+	}
+	rest.WriteJSON(w, http.StatusOK, PurgeResult{TotalMessagesPurged: n, DeviceID: id})
+}
+
+func (s *Service) storeError(w http.ResponseWriter, id string, err error) {
+	s.log.Error("c2d: purge failed", "device", id, "err", err)
+	rest.WriteError(w, http.StatusInternalServerError, rest.CodeServerError, "the hub could not purge the queue")
+}
