@@ -558,7 +558,10 @@ func (c *Conn) signal() {
 // writes it in one call, and sends heartbeats when the line is quiet.
 func (c *Conn) writer() {
 	defer close(c.wexited)
-	hb := time.NewTicker(c.heartbeat)
+	// The heartbeat timer fires at lastWrite+heartbeat: writes do not
+	// reset it (that would cost a timer update per write); when it fires
+	// early it is re-armed for the remainder, so no gap exceeds heartbeat.
+	hb := time.NewTimer(c.heartbeat)
 	defer hb.Stop()
 	lastWrite := time.Now()
 	empty := []byte{0, 0, 0, 8, 2, 0, 0, 0}
@@ -566,9 +569,11 @@ func (c *Conn) writer() {
 		select {
 		case <-c.wake:
 		case <-hb.C:
-			if time.Since(lastWrite) < c.heartbeat*9/10 {
+			if rest := c.heartbeat - time.Since(lastWrite); rest > 0 {
+				hb.Reset(rest)
 				continue
 			}
+			hb.Reset(c.heartbeat)
 			c.wmu.Lock()
 			if len(c.wbuf) == 0 && !c.pending.active {
 				c.wbuf = append(c.wbuf, empty...)
