@@ -25,8 +25,8 @@ const (
 // "<device>#<n>" with n increasing per device across the whole soak, so a
 // message is never sent twice.
 type ledger struct {
-	mu   sync.Mutex
-	msgs map[string]msgState
+	mu                    sync.Mutex
+	msgs                  map[string]msgState
 	sent, acked, rejected int64
 }
 
