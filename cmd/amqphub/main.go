@@ -14,6 +14,8 @@ Usage:
                                                  manage devices of a running hub (REST)
   amqphub token [--device ID | --connection-string CS] [--ttl 1h]
                                                  print a SAS token (default: for the --hub policy)
+  amqphub soak [--cycles N] [--duration D] [--binary PATH]
+                                                 crash soak: SIGKILL a hub under load, verify nothing acknowledged is lost
   amqphub help                                   this text
 
 Client commands reach the hub with --hub (a service connection string; default:
@@ -35,6 +37,8 @@ func main() {
 		err = deviceCmd(os.Args[2:], os.Stdout)
 	case "token":
 		err = tokenCmd(os.Args[2:], os.Stdout)
+	case "soak":
+		err = soakCmd(os.Args[2:], os.Stdout, os.Stderr)
 	case "help", "-h", "--help":
 		fmt.Print(usage)
 		return

@@ -294,13 +294,15 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	// The last hub is up with the state of every kill: let the devices
 	// take what C2D still holds, read telemetry through the
 	// Event-Hub-compatible endpoint, stop the hub cleanly, read the log.
+	// An interrupted run still verifies what it did.
+	vctx := context.WithoutCancel(ctx)
 	if r.c2dOn {
-		if err := r.drainC2D(ctx, spec, 2*cfg.C2DLockDuration+30*time.Second); err != nil {
+		if err := r.drainC2D(vctx, spec, 2*cfg.C2DLockDuration+30*time.Second); err != nil {
 			r.problems.addf("C2D: %v", err)
 		}
 		rep.C2D = verifyC2D(r.c2d, &r.problems)
 	}
-	eh, ehErr := readEventHub(ctx, spec)
+	eh, ehErr := readEventHub(vctx, spec)
 	if err := c.stop(30 * time.Second); err != nil {
 		c = nil
 		return nil, err
