@@ -25,7 +25,10 @@ import (
 
 const (
 	durDevice = "dur-dev"
-	durLock   = 3 * time.Second
+	// durIdle never connects before the restart: its message stays
+	// enqueued, not locked.
+	durIdle = "dur-idle"
+	durLock = 3 * time.Second
 	// durCrashEnv names the data directory of the child hub of
 	// TestCrashKeepsState.
 	durCrashEnv = "C2D_CRASH_DIR"
@@ -41,16 +44,19 @@ func durOptions(dir string, log *slog.Logger) server.Options {
 		AMQPAddr:  "127.0.0.1:0",
 		AMQPSAddr: "off",
 		HTTPSAddr: "off",
-		Devices:   []server.DeviceConfig{{ID: durDevice, PrimaryKey: durKey, SecondaryKey: durKey}},
-		C2D:       c2dsvc.Config{LockDuration: durLock, FeedbackInterval: 20 * time.Millisecond},
-		Logger:    log,
+		Devices: []server.DeviceConfig{
+			{ID: durDevice, PrimaryKey: durKey, SecondaryKey: durKey},
+			{ID: durIdle, PrimaryKey: durKey, SecondaryKey: durKey},
+		},
+		C2D:    c2dsvc.Config{LockDuration: durLock, FeedbackInterval: 20 * time.Millisecond},
+		Logger: log,
 	}
 }
 
-func durDevice1(t *testing.T, addr string) *goamqp.Receiver {
+func durReceiver(t *testing.T, addr, dev string) *goamqp.Receiver {
 	t.Helper()
-	token := sas.Sign("localhost/devices/"+durDevice, decodeKey(t, durKey), "", time.Now().Add(time.Hour))
-	return receiver(t, dial(t, addr, durDevice+"@sas.amqphub", token), deviceBound(durDevice, ""), 10, false)
+	token := sas.Sign("localhost/devices/"+dev, decodeKey(t, durKey), "", time.Now().Add(time.Hour))
+	return receiver(t, dial(t, addr, dev+"@sas.amqphub", token), deviceBound(dev, ""), 10, false)
 }
 
 func durService(t *testing.T, addr string) *goamqp.Conn {
@@ -61,23 +67,25 @@ func durService(t *testing.T, addr string) *goamqp.Conn {
 
 // durBefore leaves the hub with every kind of state, each one durable
 // before it returns (each step is observed through an effect the hub shows
-// only after its commit): m1, m4 and m5 locked; m3 abandoned once and
-// locked again; m2 completed, its Success feedback delivered to the service
-// and not settled. It returns when the locks were taken, at the latest.
+// only after its commit): p1 enqueued for a device that is not connected;
+// m1, m4 and m5 locked; m3 abandoned once and locked again; m2 completed,
+// its Success feedback delivered to the service and not settled. It returns
+// a time before any lock was taken.
 func durBefore(t *testing.T, addr string) time.Time {
 	t.Helper()
 	svc := durService(t, addr)
 	snd := c2dSender(t, svc)
+	send(t, snd, c2dMessage(deviceBound(durIdle, ""), "p1", "full", "body-p1"))
 	for i := 1; i <= 5; i++ {
 		send(t, snd, c2dMessage(deviceBound(durDevice, ""), fmt.Sprint("m", i), "full", fmt.Sprint("body", i)))
 	}
-	dev := durDevice1(t, addr)
+	beforeLocks := time.Now()
+	dev := durReceiver(t, addr, durDevice)
 	got := map[string]*goamqp.Message{}
 	for range 5 {
 		m := receive(t, dev)
 		got[m.Properties.MessageID.(string)] = m
 	}
-	locked := time.Now()
 	settle(t, dev, got["m3"], "release")
 	if m := receive(t, dev); m.Properties.MessageID != "m3" || ann(m, c2dsvc.AnnDeliveryCount) != uint8(1) {
 		t.Fatalf("after the abandon: %v with count %v", m.Properties.MessageID, ann(m, c2dsvc.AnnDeliveryCount))
@@ -88,24 +96,35 @@ func durBefore(t *testing.T, addr string) time.Time {
 	if !strings.Contains(string(m.GetData()), `"originalMessageId":"m2","enqueuedTimeUtc"`) {
 		t.Fatalf("feedback before the restart: %s", m.GetData())
 	}
-	return locked
+	return beforeLocks
 }
 
 // durAfter checks the state durBefore left: the feedback is delivered
-// again; the locked messages are not delivered before their locks expire,
-// then come back with their delivery counts; m2 is gone.
-func durAfter(t *testing.T, addr string, locked time.Time) {
+// again; the enqueued message is delivered at once; the locked messages are
+// not delivered before their locks expire, then come back with their
+// delivery counts; m2 is gone.
+func durAfter(t *testing.T, addr string, beforeLocks time.Time) {
 	t.Helper()
 	svc := durService(t, addr)
 	fb := newFeedbackReader(t, svc)
 	fb.want("m2:Success")
-	dev := durDevice1(t, addr)
+	idle := durReceiver(t, addr, durIdle)
+	if m := receive(t, idle); m.Properties.MessageID != "p1" || string(m.GetData()) != "body-p1" {
+		t.Fatalf("the idle device got %v %q", m.Properties.MessageID, m.GetData())
+	} else {
+		settle(t, idle, m, "accept")
+	}
+	fb.want("p1:Success")
+	dev := durReceiver(t, addr, durDevice)
 	var ids []string
 	for i := range 4 {
 		m := receive(t, dev)
 		if i == 0 {
-			if waited := time.Since(locked); waited < durLock-100*time.Millisecond {
-				t.Fatalf("a locked message was delivered %v after it was locked; the lock lasts %v", waited, durLock)
+			// Every lock was taken after beforeLocks, so none can expire
+			// before beforeLocks+durLock; a lock lost in the restart
+			// would let the message come back at once.
+			if waited := time.Since(beforeLocks); waited < durLock {
+				t.Fatalf("a locked message was delivered %v after the locks were taken; the lock lasts %v", waited, durLock)
 			}
 		}
 		id := m.Properties.MessageID.(string)
@@ -134,7 +153,7 @@ func TestRestartKeepsState(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	locked := durBefore(t, s1.AMQPAddr)
+	beforeLocks := durBefore(t, s1.AMQPAddr)
 	if err := s1.Close(); err != nil {
 		t.Fatalf("close: %v", err)
 	}
@@ -143,7 +162,7 @@ func TestRestartKeepsState(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s2.Close()
-	durAfter(t, s2.AMQPAddr, locked)
+	durAfter(t, s2.AMQPAddr, beforeLocks)
 }
 
 // TestCrashKeepsState runs the hub as a child process (this test binary,
@@ -159,13 +178,13 @@ func TestCrashKeepsState(t *testing.T) {
 	}
 	dir := t.TempDir()
 	child1, addr1 := startChild(t, dir)
-	locked := durBefore(t, addr1)
+	beforeLocks := durBefore(t, addr1)
 	if err := child1.Process.Kill(); err != nil {
 		t.Fatal(err)
 	}
 	child1.Wait()
 	_, addr2 := startChild(t, dir)
-	durAfter(t, addr2, locked)
+	durAfter(t, addr2, beforeLocks)
 }
 
 // startChild starts the child hub and returns it with its AMQP address.
@@ -230,4 +249,3 @@ func crashChild(dir string) {
 	s.Close()
 	os.Exit(0)
 }
-
