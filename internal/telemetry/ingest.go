@@ -33,7 +33,13 @@ type ingest struct {
 	// successful one, so an outage is logged once, not per message.
 	failing  atomic.Bool
 	rejected atomic.Int64
-	pool     sync.Pool
+	// submits numbers deliveries as they are queued; outageFrom is the
+	// number current when the outage began (outage.go).
+	submits    atomic.Uint64
+	outageFrom atomic.Uint64
+	outageMu   sync.Mutex
+	outage     outageState // guarded by outageMu
+	pool       sync.Pool
 }
 
 // sender is one device events link. Its fields are used only on the
@@ -239,6 +245,7 @@ type pendingDelivery struct {
 	d    *amqp.Delivery
 	left atomic.Int32
 	fn   func(partlog.Entry, error)
+	seq  uint64 // submission number (outage.go)
 
 	mu  sync.Mutex
 	err error
@@ -254,6 +261,7 @@ func (in *ingest) pending(d *amqp.Delivery, n int) *pendingDelivery {
 		p.fn = p.complete
 	}
 	p.d = d
+	p.seq = in.submits.Add(1)
 	p.left.Store(int32(n) + 1)
 	return p
 }
@@ -269,24 +277,24 @@ func (p *pendingDelivery) complete(_ partlog.Entry, err error) {
 	if p.left.Add(-1) != 0 {
 		return
 	}
-	d, in := p.d, p.in
+	d, in, seq := p.d, p.in, p.seq
 	p.mu.Lock()
 	err = p.err
 	p.err = nil
 	p.mu.Unlock()
 	p.d = nil
 	in.pool.Put(p)
-	in.settle(d, err)
+	in.settle(d, err, seq)
 }
 
 // settle reports the outcome of a delivery whose records are all durable
 // (err == nil) or of which at least one could not be stored. A partly
 // stored batch is rejected as a whole: the device retries it, and the
 // records already stored appear twice.
-func (in *ingest) settle(d *amqp.Delivery, err error) {
+func (in *ingest) settle(d *amqp.Delivery, err error, seq uint64) {
 	if err == nil {
-		if in.failing.Load() && in.failing.CompareAndSwap(true, false) {
-			in.logger.Info("telemetry: appends to the log succeed again", "rejected", in.rejected.Swap(0))
+		if in.failing.Load() {
+			in.appendRecovered(seq)
 		}
 		d.Accept()
 		return
@@ -295,9 +303,6 @@ func (in *ingest) settle(d *amqp.Delivery, err error) {
 		d.Reject(amqp.NewError(amqp.ErrCondMessageSizeExceeded, "the stamped message exceeds the log's record size limit"))
 		return
 	}
-	in.rejected.Add(1)
-	if in.failing.CompareAndSwap(false, true) {
-		in.logger.Error("telemetry: appending to the log failed; rejecting telemetry with amqp:internal-error until it recovers", "err", err)
-	}
+	in.appendFailed(err)
 	d.Reject(amqp.NewError(amqp.ErrCondInternalError, "the hub could not store the message; retry later"))
 }
