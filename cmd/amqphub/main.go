@@ -14,12 +14,27 @@ Usage:
                                                  manage devices of a running hub (REST)
   amqphub token [--device ID | --connection-string CS] [--ttl 1h]
                                                  print a SAS token (default: for the --hub policy)
+  amqphub bench d2c|e2e|c2d|connections|read [flags]
+                                                 load generator and benchmarks (see BENCHMARKS.md)
+  amqphub send --device ID [--count N] [--rate R] [--body TEXT | --file F]
+                                                 send device telemetry
+  amqphub monitor [--from earliest|latest|TIME] [--device ID]
+                                                 tail telemetry from every partition
+  amqphub c2d send <device-id> [--body TEXT] [--ack full]
+                                                 queue a cloud-to-device message
+  amqphub c2d receive --device ID [--count N]    receive (and complete) messages as a device
+  amqphub feedback [--count N]                   print feedback on cloud-to-device messages
+  amqphub twin show|update <device-id> [--desired JSON] [--tags JSON] [--reported JSON]
+                                                 read or change a twin
+  amqphub method invoke <device-id> <method> [--payload JSON]
+                                                 call a direct method
   amqphub soak [--cycles N] [--duration D] [--binary PATH]
                                                  crash soak: SIGKILL a hub under load, verify nothing acknowledged is lost
   amqphub help                                   this text
 
 Client commands reach the hub with --hub (a service connection string; default:
-the development hub on localhost), --ca (the hub's CA file) and --json for scripts.
+the development hub on localhost), --ca (the hub's CA file) and --json for scripts;
+AMQP commands also take --amqp-addr (default {HostName}:5671) and --timeout.
 
 Run "amqphub serve -h" for the serve flags.
 `
@@ -37,6 +52,20 @@ func main() {
 		err = deviceCmd(os.Args[2:], os.Stdout)
 	case "token":
 		err = tokenCmd(os.Args[2:], os.Stdout)
+	case "bench":
+		err = benchCmd(os.Args[2:], os.Stdout, os.Stderr)
+	case "send":
+		err = sendCmd(os.Args[2:], os.Stdin, os.Stdout, os.Stderr)
+	case "monitor":
+		err = monitorCmd(os.Args[2:], os.Stdout, os.Stderr)
+	case "c2d":
+		err = c2dCmd(os.Args[2:], os.Stdin, os.Stdout, os.Stderr)
+	case "feedback":
+		err = feedbackCmd(os.Args[2:], os.Stdout, os.Stderr)
+	case "twin":
+		err = twinCmd(os.Args[2:], os.Stdout, os.Stderr)
+	case "method":
+		err = methodCmd(os.Args[2:], os.Stdout, os.Stderr)
 	case "soak":
 		err = soakCmd(os.Args[2:], os.Stdout, os.Stderr)
 	case "help", "-h", "--help":
