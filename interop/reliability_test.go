@@ -53,9 +53,8 @@ var buildHub = sync.OnceValues(func() (string, error) {
 // ackTracker sends telemetry from one device with many messages in
 // flight and records which were acknowledged.
 type ackTracker struct {
-	mu      sync.Mutex
-	acked   []string
-	sendErr error
+	mu    sync.Mutex
+	acked []string
 }
 
 func (a *ackTracker) add(id string) {

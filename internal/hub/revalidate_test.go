@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/base64"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/url"
 	"strings"
@@ -52,7 +53,7 @@ var acceptAll = hub.EndpointFunc(func(req *hub.AttachRequest) *amqp.Error {
 	return nil
 })
 
-func newFixture(t *testing.T, mod func(*hub.Config)) *fixture {
+func newFixture(t testing.TB, mod func(*hub.Config)) *fixture {
 	t.Helper()
 	reg, err := registry.OpenPebble("", registry.PebbleOptions{InMemory: true})
 	if err != nil {
@@ -93,7 +94,7 @@ func newFixture(t *testing.T, mod func(*hub.Config)) *fixture {
 	return &fixture{reg: reg, hub: h, srv: srv, logs: logs}
 }
 
-func decode(t *testing.T, b64 string) []byte {
+func decode(t testing.TB, b64 string) []byte {
 	t.Helper()
 	k, err := base64.StdEncoding.DecodeString(b64)
 	if err != nil {
@@ -104,7 +105,7 @@ func decode(t *testing.T, b64 string) []byte {
 
 // token signs a device (module "" ) or module token with its primary or
 // secondary key as the registry holds it now.
-func (f *fixture) token(t *testing.T, dev, module string, secondary bool) string {
+func (f *fixture) token(t testing.TB, dev, module string, secondary bool) string {
 	t.Helper()
 	ctx := context.Background()
 	var k registry.SymmetricKey
@@ -130,13 +131,13 @@ func (f *fixture) token(t *testing.T, dev, module string, secondary bool) string
 	return sas.Sign(res, decode(t, key), "", time.Now().Add(time.Hour))
 }
 
-func ctxT(t *testing.T) context.Context {
+func ctxT(t testing.TB) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	t.Cleanup(cancel)
 	return ctx
 }
 
-func (f *fixture) dialSASL(t *testing.T, dev, token string) *goamqp.Conn {
+func (f *fixture) dialSASL(t testing.TB, dev, token string) *goamqp.Conn {
 	t.Helper()
 	c, err := goamqp.Dial(ctxT(t), f.srv.URL, &goamqp.ConnOptions{SASLType: goamqp.SASLTypePlain(dev+"@sas.localhost", token), HostName: host})
 	if err != nil {
@@ -190,7 +191,7 @@ func putToken(t *testing.T, sess *goamqp.Session, audience, token string) {
 
 func ptr[T any](v T) *T { return &v }
 
-func session(t *testing.T, c *goamqp.Conn) *goamqp.Session {
+func session(t testing.TB, c *goamqp.Conn) *goamqp.Session {
 	t.Helper()
 	s, err := c.NewSession(ctxT(t), nil)
 	if err != nil {
@@ -199,7 +200,7 @@ func session(t *testing.T, c *goamqp.Conn) *goamqp.Session {
 	return s
 }
 
-func receiver(t *testing.T, s *goamqp.Session, addr string) *goamqp.Receiver {
+func receiver(t testing.TB, s *goamqp.Session, addr string) *goamqp.Receiver {
 	t.Helper()
 	r, err := s.NewReceiver(ctxT(t), addr, nil)
 	if err != nil {
@@ -483,4 +484,32 @@ func TestRevalidateKeepsPolicies(t *testing.T) {
 	if cond := connCond(t, c, 300*time.Millisecond); cond != "" {
 		t.Fatalf("service connection closed with %s", cond)
 	}
+}
+
+// BenchmarkRevalidate measures a revalidation round over live device
+// connections (the registry answers from its cache, as it does for
+// connected devices): ns/op divided by conns is the cost per credential.
+func BenchmarkRevalidate(b *testing.B) {
+	const conns = 200
+	f := newFixture(b, func(c *hub.Config) { c.RevalidateInterval = -1 })
+	ctx := context.Background()
+	for i := 2; i < conns; i++ {
+		if _, err := f.reg.CreateDevice(ctx, registry.Device{DeviceID: fmt.Sprint("b", i), Status: registry.StatusEnabled}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	for i := 0; i < conns; i++ {
+		id := fmt.Sprint("b", i)
+		if i < 2 {
+			id = []string{"d1", "d2"}[i]
+		}
+		c := f.dialSASL(b, id, f.token(b, id, "", false))
+		receiver(b, session(b, c), "/devices/"+id+"/messages/devicebound")
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		f.hub.Revalidate()
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/conns, "ns/credential")
 }
