@@ -46,9 +46,12 @@
 // MaxDeliveryCount DeliveryCountExceeded). modified with undeliverable-here
 // rejects, modified with delivery-failed abandons, and modified with neither
 // gives the message back without counting a delivery, which is what those
-// flags mean in AMQP. rcv-settle-mode second is honoured by the engine. A
-// settlement whose lock already expired (or whose message was purged) is
-// ignored: the message was or will be delivered again.
+// flags mean in AMQP. rcv-settle-mode second (the C# SDK's) is honoured by
+// the engine, which confirms the device's outcome as soon as it arrives;
+// the store applies it just after. So a settlement whose lock already
+// expired (or whose message was purged) cannot be answered with
+// com.microsoft:message-lock-lost: it is ignored, and the message was or
+// will be delivered again.
 //
 // A lock lasts LockDuration. When it expires the message is delivered again,
 // without counting a delivery (IoT Hub's rule). When the link a message was

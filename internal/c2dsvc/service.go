@@ -18,12 +18,9 @@ import (
 	"amqphub/store/c2d"
 )
 
-// Conditions the SDKs map (Node: ArgumentError, DeviceNotFoundError,
-// DeviceMaximumQueueDepthExceededError, DeviceMessageLockLostError).
-const (
-	condArgumentError amqp.Condition = "com.microsoft:argument-error"
-	condLockLost      amqp.Condition = "com.microsoft:message-lock-lost"
-)
+// condArgumentError is IoT Hub's condition for a bad request; the Node
+// SDKs map it to ArgumentError, C# to ArgumentException.
+const condArgumentError amqp.Condition = "com.microsoft:argument-error"
 
 // AckProperty is the application property that asks for feedback.
 const AckProperty = "iothub-ack"
