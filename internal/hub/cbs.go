@@ -130,8 +130,7 @@ func (cs *ConnState) putToken(m *frames.Message) (int, string) {
 		cs.hub.log.Info("hub: CBS put-token refused", "audience", name, "reason", "token resource does not cover the audience")
 		return http.StatusUnauthorized, "the token's resource (sr) does not cover the requested audience"
 	}
-	cs.addCredential(id, false)
-	cs.rememberToken(id, token)
+	cs.addCredential(id, false, token)
 	cs.hub.stats.PutTokenOK.Add(1)
 	return http.StatusOK, "OK"
 }

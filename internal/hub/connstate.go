@@ -67,8 +67,9 @@ func credKey(id auth.Identity) string {
 }
 
 // addCredential records a proven identity, replacing (renewing) an earlier
-// one for the same identity, and arms its expiry.
-func (cs *ConnState) addCredential(id auth.Identity, sasl bool) {
+// one for the same identity, and arms its expiry. token is the raw token,
+// kept for revalidation.
+func (cs *ConnState) addCredential(id auth.Identity, sasl bool, token string) {
 	cs.mu.Lock()
 	defer cs.mu.Unlock()
 	if cs.closed {
@@ -81,6 +82,7 @@ func (cs *ConnState) addCredential(id auth.Identity, sasl bool) {
 		cs.creds[key] = c
 	}
 	c.id = id
+	c.token = token
 	if c.timer != nil {
 		c.timer.Stop()
 	}

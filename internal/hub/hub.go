@@ -150,8 +150,7 @@ func (h *Hub) Authenticate(req *amqp.SASLRequest) (any, error) {
 func (h *Hub) OnOpen(c *amqp.Conn) *amqp.Error {
 	cs := newConnState(h, c)
 	if id, ok := c.Identity().(*auth.Identity); ok && id != nil {
-		cs.addCredential(*id, true)
-		cs.rememberToken(*id, h.takeSASLToken(id))
+		cs.addCredential(*id, true, h.takeSASLToken(id))
 	}
 	c.SetValue(cs)
 	h.track(cs)

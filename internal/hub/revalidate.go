@@ -92,16 +92,6 @@ func (h *Hub) takeSASLToken(id *auth.Identity) string {
 	return s
 }
 
-// rememberToken files the raw token of the credential for id, so that it
-// can be checked again later. Tokens are secrets: they are never logged.
-func (cs *ConnState) rememberToken(id auth.Identity, token string) {
-	cs.mu.Lock()
-	defer cs.mu.Unlock()
-	if c := cs.creds[credKey(id)]; c != nil {
-		c.token = token
-	}
-}
-
 // track starts revalidating cs; the loop runs while connections exist
 // (the immediate checks find cs even when the loop is off).
 func (h *Hub) track(cs *ConnState) {
@@ -242,7 +232,7 @@ func (h *Hub) revalidateConn(cs *ConnState, deviceID, moduleID string) {
 			continue
 		}
 		if c.token == "" {
-			continue // not filed yet; the next round sees it
+			continue // no token to check again (cannot happen for devices)
 		}
 		checks = append(checks, recheck{c: c, id: c.id, token: c.token})
 	}
@@ -291,9 +281,9 @@ func (h *Hub) stillValid(rc recheck) string {
 func (h *Hub) revoke(cs *ConnState, rc recheck, reason string) {
 	cs.mu.Lock()
 	c := rc.c
-	if cs.closed || cs.creds[c.key] != c || c.token != rc.token {
-		// Gone, or renewed with another token since it was read: the
-		// next round checks the new one.
+	if cs.closed || cs.creds[c.key] != c || c.token != rc.token || c.id != rc.id {
+		// Gone, or renewed since it was read: the next round checks
+		// the new token.
 		cs.mu.Unlock()
 		return
 	}
