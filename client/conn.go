@@ -447,7 +447,9 @@ func (lc *liveConn) renewDue() {
 	}
 	lc.mu.Unlock()
 	for _, ac := range due {
-		ctx, cancel := context.WithTimeout(lc.ctx, 30*time.Second)
+		// A lost reply must not outlast the token: leave time to retry.
+		wait := min(30*time.Second, max(time.Until(ac.expiry)/2, time.Second))
+		ctx, cancel := context.WithTimeout(lc.ctx, wait)
 		tok, exp, err := ac.token(ctx)
 		if err == nil && !exp.After(ac.expiry) {
 			// A fixed token cannot be renewed: stop trying; the hub

@@ -179,7 +179,9 @@ func retryable(err error) bool {
 			"com.microsoft:timeout", "com.microsoft:server-busy", "com.microsoft:device-container-throttled":
 			return true
 		}
-		return false
+		// A session error ends the session (and this client's connection
+		// with it); a new connection starts afresh.
+		return strings.HasPrefix(ae.Condition, "amqp:session:")
 	}
 	var certErr *tls.CertificateVerificationError
 	var unknownAuth x509.UnknownAuthorityError

@@ -129,8 +129,13 @@ type EventReaderOptions struct {
 	ConsumerGroup string
 	// Partitions to read; default all.
 	Partitions []string
-	// Start is where each partition starts; default StartEarliest.
+	// Start is where each partition starts; default StartEarliest. A
+	// sequence number that a partition has not reached yet starts that
+	// partition at its end, skipping the events numbered below it.
 	Start StartPosition
+	// PartitionStart overrides Start for some partitions (e.g. to resume
+	// each after the last event processed).
+	PartitionStart map[string]StartPosition
 	// Prefetch is how many events each partition may have in flight
 	// (link credit); default 100.
 	Prefetch int
@@ -218,11 +223,33 @@ func (s *ServiceClient) NewEventReader(ctx context.Context, opts *EventReaderOpt
 			return nil, err
 		}
 	}
+	ready := make(chan struct{}, len(r.partitions))
 	for _, p := range r.partitions {
 		r.wg.Add(1)
-		go r.runPartition(p)
+		go r.runPartition(p, ready)
+	}
+	// Return once every partition link is attached, so that StartLatest
+	// means "after NewEventReader returns".
+	for range r.partitions {
+		select {
+		case <-ready:
+		case <-r.failed:
+			err := r.Err()
+			r.Close()
+			return nil, err
+		case <-ctx.Done():
+			r.Close()
+			return nil, ctx.Err()
+		}
 	}
 	return r, nil
+}
+
+// Err returns the error that stopped the reader, or nil.
+func (r *EventReader) Err() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.err
 }
 
 // Partitions returns the partitions being read.
@@ -279,7 +306,9 @@ func (r *EventReader) setErr(err error) {
 func (s *ServiceClient) redirect(ctx context.Context, source string) (redirectTarget, error) {
 	var out redirectTarget
 	err := s.do(ctx, "read "+source, func(ctx context.Context, lc *liveConn) error {
-		rcv, err := lc.sess.NewReceiver(ctx, source, &goamqp.ReceiverOptions{Credit: 1})
+		// No credit: the hub detaches at once, and a flow go-amqp sent
+		// after answering that detach would end the session.
+		rcv, err := lc.sess.NewReceiver(ctx, source, &goamqp.ReceiverOptions{Credit: -1})
 		if err == nil {
 			// The hub may complete the attach and detach right after.
 			_, err = rcv.Receive(ctx, nil)
@@ -470,12 +499,23 @@ func (r *EventReader) partitionTarget(ctx context.Context, p string) (redirectTa
 
 // runPartition reads one partition until the reader closes, reattaching
 // after the last event read when the link or connection is lost.
-func (r *EventReader) runPartition(p string) {
+func (r *EventReader) runPartition(p string, ready chan<- struct{}) {
 	defer r.wg.Done()
 	ctx := r.ctx
-	sel := r.opts.Start.selector()
+	start := r.opts.Start
+	if ps, ok := r.opts.PartitionStart[p]; ok {
+		start = ps
+	}
+	pr := &partitionRead{p: p, sel: start.selector(), minSeq: -1, ready: ready}
 	for attempt := 0; ; {
-		n, err := r.readPartition(ctx, p, sel, &sel)
+		n, err := r.readPartition(ctx, pr)
+		var ae *AMQPError
+		if n == 0 && start.kind == startSequence && pr.minSeq < 0 && errors.As(err, &ae) && ae.Condition == "com.microsoft:argument-out-of-range" {
+			// The partition has not reached the sequence number: read
+			// from its end and skip what comes before the number.
+			pr.sel, pr.minSeq = StartLatest().selector(), start.seq
+			continue
+		}
 		if ctx.Err() != nil {
 			return
 		}
@@ -494,10 +534,22 @@ func (r *EventReader) runPartition(p string) {
 	}
 }
 
+// partitionRead is the state of one partition's reader.
+type partitionRead struct {
+	p string
+	// sel is the filter of the next attach: the start, then "after the
+	// last event returned".
+	sel string
+	// minSeq, when not negative, drops events numbered below it.
+	minSeq int64
+	// ready is signalled once, after the first attach.
+	ready chan<- struct{}
+}
+
 // readPartition attaches one partition link and feeds its events until
-// it fails; it returns how many events it read. *next is set to the
-// filter that resumes after the last one.
-func (r *EventReader) readPartition(ctx context.Context, p, sel string, next *string) (int, error) {
+// it fails; it returns how many events it read.
+func (r *EventReader) readPartition(ctx context.Context, pr *partitionRead) (int, error) {
+	p := pr.p
 	t, err := r.partitionTarget(ctx, p)
 	if err != nil {
 		return 0, err
@@ -511,13 +563,17 @@ func (r *EventReader) readPartition(ctx context.Context, p, sel string, next *st
 	}
 	rcv, err := lc.sess.NewReceiver(ctx, t.path, &goamqp.ReceiverOptions{
 		Credit:  int32(r.opts.Prefetch),
-		Filters: []goamqp.LinkFilter{goamqp.NewSelectorFilter(sel)},
+		Filters: []goamqp.LinkFilter{goamqp.NewSelectorFilter(pr.sel)},
 	})
 	if err != nil {
 		lc.note("", err)
 		return 0, amqpErr("attach "+t.path, err)
 	}
 	defer closeQuietly(rcv)
+	if pr.ready != nil {
+		pr.ready <- struct{}{}
+		pr.ready = nil
+	}
 	n := 0
 	for {
 		m, err := rcv.Receive(ctx, nil)
@@ -527,12 +583,15 @@ func (r *EventReader) readPartition(ctx context.Context, p, sel string, next *st
 		}
 		_ = rcv.AcceptMessage(ctx, m)
 		e := newEvent(p, m)
+		n++
+		pr.sel = fmt.Sprintf("amqp.annotation.x-opt-sequence-number > '%d'", e.SequenceNumber)
+		if e.SequenceNumber < pr.minSeq {
+			continue
+		}
 		select {
 		case r.events <- e:
 		case <-ctx.Done():
 			return n, ctx.Err()
 		}
-		n++
-		*next = fmt.Sprintf("amqp.annotation.x-opt-sequence-number > '%d'", e.SequenceNumber)
 	}
 }

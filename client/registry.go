@@ -261,3 +261,10 @@ func (r *Registry) DeleteDevice(ctx context.Context, id, etag string) error {
 
 // HostName returns the hub host name of the connection string.
 func (r *Registry) HostName() string { return r.hub.HostName }
+
+// Close releases the Registry's idle HTTP connections. The Registry stays
+// usable (a later request opens a new connection).
+func (r *Registry) Close() error {
+	r.http.CloseIdleConnections()
+	return nil
+}

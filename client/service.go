@@ -139,6 +139,9 @@ func (s *ServiceClient) Close() error {
 		r.Close()
 	}
 	s.conn.close()
+	// Pooled REST connections would otherwise linger until the server
+	// times them out.
+	s.Registry.Close()
 	return nil
 }
 
