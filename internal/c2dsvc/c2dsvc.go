@@ -55,13 +55,14 @@
 //
 // A lock lasts LockDuration. When it expires the message is delivered again,
 // without counting a delivery (IoT Hub's rule). When the link a message was
-// sent on goes away before the device settles it, the lock is remembered as
-// lost, and the next device link for that queue to attach in this process
-// gives it back at once (without counting a delivery), so a reconnecting
-// device gets its messages without waiting for the lock to expire. Otherwise
-// the lock simply expires, as in IoT Hub; in particular locks survive a
-// restart of the hub (the lost-lock list is in memory only), a graceful one
-// as well as a crash.
+// sent on goes away before the device settles it, its lock is given back
+// (without counting a delivery, in sequence order) as soon as another link
+// of the same queue is attached in this process: at once if one is, or
+// when the next one attaches, before it locks anything. A reconnecting
+// device thus gets its messages, in order, without waiting for the locks to
+// expire. Otherwise the lock simply expires, as in IoT Hub; in particular
+// locks survive a restart of the hub (the list of such locks is in memory
+// only), a graceful one as well as a crash.
 //
 // # Feedback (feedback.go)
 //
@@ -298,9 +299,10 @@ type Service struct {
 	feedbackLocked int
 }
 
-// lostLock is a lock whose holder is gone.
+// lostLock is the lock of a message sent on a link and not settled.
 type lostLock struct {
 	token c2d.LockToken
+	seq   uint64
 	until time.Time
 }
 

@@ -1,9 +1,11 @@
 package c2dsvc
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -32,9 +34,8 @@ type deviceLink struct {
 	presettled bool
 
 	mu sync.Mutex
-	// inflight maps the tokens of messages sent and not yet settled to the
-	// end of their lock.
-	inflight map[c2d.LockToken]time.Time
+	// inflight holds the locks of messages sent and not yet settled.
+	inflight map[c2d.LockToken]lostLock
 }
 
 // attachDevice serves a device's (or module's) devicebound address.
@@ -54,7 +55,7 @@ func (s *Service) attachDevice(req *hub.AttachRequest) *amqp.Error {
 		l:        l,
 		q:        queueID(req.Route.DeviceID, req.Route.ModuleID),
 		gen:      gen,
-		inflight: make(map[c2d.LockToken]time.Time),
+		inflight: make(map[c2d.LockToken]lostLock),
 	}
 	// A device that asks for pre-settled deliveries gets them, and each
 	// counts as completed once sent; otherwise the device settles.
@@ -77,6 +78,9 @@ func (s *Service) attachDevice(req *hub.AttachRequest) *amqp.Error {
 func (dl *deviceLink) run() {
 	s, l := dl.svc, dl.l
 	defer s.linkDown(dl)
+	// The loop ends when the link is gone (or going, or the service
+	// stops): what is still in flight then was not settled.
+	defer dl.orphan()
 	s.releaseLost(dl.q)
 	ch, stop := s.store.Watch(dl.q)
 	defer stop()
@@ -136,7 +140,7 @@ func (dl *deviceLink) send(m c2d.Message) bool {
 	}
 	token := m.LockToken
 	dl.mu.Lock()
-	dl.inflight[token] = m.LockedUntil
+	dl.inflight[token] = lostLock{token: token, seq: m.Seq, until: m.LockedUntil}
 	dl.mu.Unlock()
 	tag := append([]byte(nil), token[:]...)
 	err = l.Send(s.ctx, &amqp.Outgoing{
@@ -186,15 +190,16 @@ func deviceMessage(m c2d.Message) ([]byte, error) {
 // delivery or the link goes first.
 func (dl *deviceLink) onSettled(token c2d.LockToken, st frames.DeliveryState, err error) {
 	s := dl.svc
+	if err != nil {
+		// The link went first; the loop's orphan gives the locks back
+		// in order.
+		return
+	}
 	dl.mu.Lock()
-	until, ok := dl.inflight[token]
+	_, ok := dl.inflight[token]
 	delete(dl.inflight, token)
 	dl.mu.Unlock()
 	if !ok {
-		return
-	}
-	if err != nil {
-		s.lockLost(dl.q, token, until)
 		return
 	}
 	switch st := st.(type) {
@@ -271,19 +276,37 @@ func (s *Service) linkDown(dl *deviceLink) {
 	s.mu.Unlock()
 }
 
-// lockLost records the lock of a message whose link went away unsettled.
-// If another link of the queue is attached the lock is given back at once;
-// otherwise the next link to attach in this process gives it back, and
-// without one it expires (after a restart, too).
-func (s *Service) lockLost(q string, token c2d.LockToken, until time.Time) {
+// orphan hands the locks of the messages the link sent and the device did
+// not settle to lockLost, and stops tracking them.
+func (dl *deviceLink) orphan() {
+	dl.mu.Lock()
+	locks := make([]lostLock, 0, len(dl.inflight))
+	for _, ll := range dl.inflight {
+		locks = append(locks, ll)
+	}
+	clear(dl.inflight)
+	dl.mu.Unlock()
+	if len(locks) > 0 {
+		dl.svc.lockLost(dl, locks)
+	}
+}
+
+// lockLost handles the locks of messages whose link went away unsettled.
+// If another link of the queue is attached they are given back at once;
+// otherwise the next link to attach in this process gives them back, and
+// without one they expire (after a restart, too).
+func (s *Service) lockLost(gone *deviceLink, locks []lostLock) {
+	q := gone.q
 	s.mu.Lock()
 	for dl := range s.links[q] {
+		if dl == gone {
+			continue
+		}
 		select {
 		case <-dl.l.Done():
-			// Going too (the link that lost the lock is one of them).
 		default:
 			s.mu.Unlock()
-			s.release(q, token)
+			s.goTracked(func() { s.releaseInOrder(q, locks) })
 			return
 		}
 	}
@@ -294,20 +317,32 @@ func (s *Service) lockLost(q string, token c2d.LockToken, until time.Time) {
 			kept = append(kept, ll)
 		}
 	}
-	s.lost[q] = append(kept, lostLock{token: token, until: until})
+	s.lost[q] = append(kept, locks...)
 	s.mu.Unlock()
 }
 
-// releaseLost gives back the lost locks of q.
+// releaseLost gives back the lost locks of q, before the link that calls
+// it locks anything: the device then gets its messages in order.
 func (s *Service) releaseLost(q string) {
 	s.mu.Lock()
 	lost := s.lost[q]
 	delete(s.lost, q)
 	s.mu.Unlock()
+	s.releaseInOrder(q, lost)
+}
+
+// releaseInOrder releases locks one after the other in sequence order, so
+// that a link locking meanwhile still gets the oldest message first.
+func (s *Service) releaseInOrder(q string, locks []lostLock) {
+	slices.SortFunc(locks, func(a, b lostLock) int { return cmp.Compare(a.seq, b.seq) })
 	now := time.Now()
-	for _, ll := range lost {
-		if ll.until.After(now) {
-			s.release(q, ll.token)
+	for _, ll := range locks {
+		if !ll.until.After(now) {
+			continue // expired anyway
+		}
+		err := s.store.Release(s.ctx, q, ll.token)
+		if err != nil && !errors.Is(err, c2d.ErrLockLost) && !errors.Is(err, c2d.ErrNotFound) && s.ctx.Err() == nil {
+			s.log.Error("c2d: releasing a lock failed", "queue", q, "err", err)
 		}
 	}
 }
