@@ -53,6 +53,11 @@
 // com.microsoft:message-lock-lost: it is ignored, and the message was or
 // will be delivered again.
 //
+// A message larger than the max-message-size the device's link announced
+// counts a delivery and detaches the link with
+// amqp:link:message-size-exceeded, so that after MaxDeliveryCount attempts
+// it is dead-lettered instead of blocking the queue.
+//
 // A lock lasts LockDuration. When it expires the message is delivered again,
 // without counting a delivery (IoT Hub's rule). When the link a message was
 // sent on goes away before the device settles it, its lock is given back

@@ -150,19 +150,20 @@ func (dl *deviceLink) send(m c2d.Message) bool {
 		OnSettled: func(st frames.DeliveryState, err error) { dl.onSettled(token, st, err) },
 	})
 	if err != nil {
-		dl.mu.Lock()
-		delete(dl.inflight, token)
-		dl.mu.Unlock()
 		if errors.Is(err, amqp.ErrMessageTooLarge) {
+			// The device cannot take it: count a delivery, so that it is
+			// dead-lettered (DeliveryCountExceeded) after MaxDeliveryCount
+			// attempts instead of blocking the queue forever.
+			dl.mu.Lock()
+			delete(dl.inflight, token)
+			dl.mu.Unlock()
+			dl.apply(token, "abandon", s.store.Abandon)
 			s.log.Info("c2d: a message exceeds the device's max-message-size; detaching its link", "queue", dl.q, "seq", m.Seq, "bytes", len(payload))
 			l.Close(amqp.NewError(amqp.ErrCondMessageSizeExceeded,
 				fmt.Sprintf("a pending message is %d bytes, more than the link's max-message-size", len(payload))))
 		}
-		// Never sent: give the lock back at once, unless the hub is
-		// stopping (the lock then expires after the restart).
-		if s.ctx.Err() == nil {
-			s.release(dl.q, token)
-		}
+		// Otherwise the link is gone or the hub stops: the message was not
+		// sent, and orphan handles its lock with the others, in order.
 		return false
 	}
 	if dl.presettled {
@@ -239,16 +240,6 @@ func (dl *deviceLink) apply(token c2d.LockToken, op string, f func(context.Conte
 		case s.ctx.Err() != nil:
 		default:
 			s.log.Error("c2d: settling a message failed", "queue", dl.q, "op", op, "err", err)
-		}
-	})
-}
-
-// release gives a lock back without counting a delivery, on a goroutine.
-func (s *Service) release(q string, token c2d.LockToken) {
-	s.goTracked(func() {
-		err := s.store.Release(s.ctx, q, token)
-		if err != nil && !errors.Is(err, c2d.ErrLockLost) && !errors.Is(err, c2d.ErrNotFound) && s.ctx.Err() == nil {
-			s.log.Error("c2d: releasing a lock failed", "queue", q, "err", err)
 		}
 	})
 }

@@ -313,3 +313,36 @@ func TestRecreatedDevice(t *testing.T) {
 	settle(t, dev, m, "accept")
 	newFeedbackReader(t, svc).want("new:Success")
 }
+
+// TestMessageTooLargeForDevice: a message over the device link's
+// max-message-size detaches the link with message-size-exceeded and counts
+// a delivery, so it ends as DeliveryCountExceeded instead of blocking the
+// queue; the next message then gets through.
+func TestMessageTooLargeForDevice(t *testing.T) {
+	s := startHub(t, c2dsvc.Config{FeedbackInterval: 20 * time.Millisecond, MaxDeliveryCount: 2})
+	svc := serviceConn(t, s)
+	snd := c2dSender(t, svc)
+	fb := newFeedbackReader(t, svc)
+	send(t, snd, c2dMessage(deviceBound("d1", ""), "huge", "full", strings.Repeat("h", 2000)))
+	send(t, snd, c2dMessage(deviceBound("d1", ""), "small", "full", "s"))
+	conn := deviceConn(t, s, "d1", "")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for attempt := range 2 {
+		r, err := session(t, conn).NewReceiver(ctx, deviceBound("d1", ""), &goamqp.ReceiverOptions{Credit: 5, MaxMessageSize: 1000})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := r.Receive(ctx, nil); condOf(err) != goamqp.ErrCondMessageSizeExceeded {
+			t.Fatalf("attempt %d: receive: %v; want the link detached with message-size-exceeded", attempt, err)
+		}
+	}
+	fb.want("huge:DeliveryCountExceeded")
+	r := receiver(t, conn, deviceBound("d1", ""), 5, false)
+	m := receive(t, r)
+	if m.Properties.MessageID != "small" {
+		t.Fatalf("got %v; want small", m.Properties.MessageID)
+	}
+	settle(t, r, m, "accept")
+	fb.want("small:Success")
+}
