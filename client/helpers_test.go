@@ -139,8 +139,17 @@ func freePort(t testing.TB) string {
 // cleanup runs after the clients' and the hub's.
 func checkNoLeaks(t *testing.T) {
 	t.Helper()
+	verify := leakCheck(t)
+	t.Cleanup(verify)
+}
+
+// leakCheck records the goroutines now; the function it returns polls
+// until the library goroutines started since are gone, and fails the test
+// if they stay.
+func leakCheck(t *testing.T) func() {
 	before := goroutineIDs()
-	t.Cleanup(func() {
+	return func() {
+		t.Helper()
 		var extra []string
 		deadline := time.Now().Add(10 * time.Second)
 		for {
@@ -158,7 +167,7 @@ func checkNoLeaks(t *testing.T) {
 		if len(extra) > 0 {
 			t.Errorf("%d goroutines leaked:\n%s", len(extra), strings.Join(extra, "\n\n"))
 		}
-	})
+	}
 }
 
 // ours reports whether a goroutine runs library code: amqphub/client
