@@ -346,3 +346,39 @@ func TestMessageTooLargeForDevice(t *testing.T) {
 	settle(t, r, m, "accept")
 	fb.want("small:Success")
 }
+
+// TestWrongDirection: each C2D address is attached in one direction only.
+func TestWrongDirection(t *testing.T) {
+	s := startHub(t, c2dsvc.Config{})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	svc := session(t, serviceConn(t, s))
+	dev := session(t, deviceConn(t, s, "d1", ""))
+	for _, tc := range []struct {
+		name   string
+		attach func() error
+	}{
+		{"service receiving on /messages/devicebound", func() error {
+			_, err := svc.NewReceiver(ctx, "/messages/devicebound", nil)
+			return err
+		}},
+		{"service sending on feedback", func() error {
+			_, err := svc.NewSender(ctx, "/messages/serviceBound/feedback", nil)
+			return err
+		}},
+		{"service sending on file notifications", func() error {
+			_, err := svc.NewSender(ctx, "/messages/serviceBound/filenotifications", nil)
+			return err
+		}},
+		{"device sending on its devicebound address", func() error {
+			_, err := dev.NewSender(ctx, deviceBound("d1", ""), nil)
+			return err
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if err := tc.attach(); condOf(err) != goamqp.ErrCondNotAllowed {
+				t.Fatalf("attach: %v; want not-allowed", err)
+			}
+		})
+	}
+}
