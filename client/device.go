@@ -175,10 +175,11 @@ func newDeviceClient(hostName, deviceID, moduleID string, token func(context.Con
 		log = slog.New(slog.DiscardHandler)
 	}
 	base := "/devices/" + url.PathEscape(deviceID)
-	resource := hostName + "/devices/" + url.PathEscape(deviceID)
+	// The CBS audience is the resource the token signs, ids unescaped (as
+	// the C SDK sends it); link addresses escape them.
+	resource := DeviceConnection{HostName: hostName, DeviceID: deviceID, ModuleID: moduleID}.Resource()
 	if moduleID != "" {
 		base += "/modules/" + url.PathEscape(moduleID)
-		resource += "/modules/" + url.PathEscape(moduleID)
 	}
 	cfg := dialConfig{hostName: stripPort(hostName), url: u, tlsConfig: opts.TLSConfig, log: log}
 	if cert == nil {
