@@ -177,11 +177,30 @@ func (c *connector) dial(ctx context.Context) (*liveConn, error) {
 			}
 		}
 	}
-	c.wg.Add(2)
-	go lc.watch()
-	go lc.renewLoop()
+	if !c.spawn(lc.watch) || !c.spawn(lc.renewLoop) {
+		lc.fail(ErrClosed)
+		return nil, ErrClosed
+	}
 	c.cfg.log.Debug("amqphub client: connected", "url", redactURL(c.cfg.url))
 	return lc, nil
+}
+
+// spawn runs f on a goroutine that close waits for, unless the connector
+// is closed (then it reports false and f does not run). Checking closed
+// and adding to the WaitGroup under one lock keeps every Add before
+// close's Wait.
+func (c *connector) spawn(f func()) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return false
+	}
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		f()
+	}()
+	return true
 }
 
 // close closes the connection and waits for its goroutines.
@@ -192,7 +211,7 @@ func (c *connector) close() {
 		c.wg.Wait()
 		return
 	}
-	c.closed = true
+	c.closed = true // from now on spawn refuses, so Wait below is final
 	close(c.stop)
 	lc := c.cur
 	c.cur = nil
@@ -258,13 +277,11 @@ func (lc *liveConn) fail(err error) {
 		lc.err = err
 		close(lc.done)
 		lc.cancel()
-		// Close waits for go-amqp's goroutines; it must not run on the
-		// caller's goroutine when that is a go-amqp callback.
-		lc.c.wg.Add(1)
-		go func() {
-			defer lc.c.wg.Done()
+		// Close waits for go-amqp's goroutines: not on the caller's time.
+		// Once the connector is closed nobody waits anyway.
+		if !lc.c.spawn(func() { lc.conn.Close() }) {
 			lc.conn.Close()
-		}()
+		}
 		if !errors.Is(err, ErrClosed) {
 			lc.c.cfg.log.Info("amqphub client: connection lost", "url", redactURL(lc.c.cfg.url), "err", err)
 		}
@@ -273,7 +290,6 @@ func (lc *liveConn) fail(err error) {
 
 // watch fails the connection when go-amqp reports it closed.
 func (lc *liveConn) watch() {
-	defer lc.c.wg.Done()
 	select {
 	case <-lc.conn.Done():
 		err := lc.conn.Err()
@@ -350,13 +366,11 @@ func (lc *liveConn) dropLink(key string) {
 	if !ok || !lc.alive() {
 		return
 	}
-	lc.c.wg.Add(1)
-	go func() {
-		defer lc.c.wg.Done()
-		ctx, cancel := context.WithTimeout(context.Background(), closeTimeout)
+	lc.c.spawn(func() {
+		ctx, cancel := context.WithTimeout(lc.ctx, closeTimeout)
 		defer cancel()
 		l.(closer).Close(ctx)
-	}()
+	})
 }
 
 // authorize puts a claim's token on $cbs and keeps it renewed.
@@ -384,6 +398,20 @@ func (lc *liveConn) authorize(ctx context.Context, cl claim) error {
 	return nil
 }
 
+// claimExpired reports whether a token put on the connection has expired
+// without being renewed.
+func (lc *liveConn) claimExpired() bool {
+	lc.mu.Lock()
+	defer lc.mu.Unlock()
+	now := time.Now()
+	for _, ac := range lc.claims {
+		if !ac.expiry.IsZero() && !now.Before(ac.expiry) {
+			return true
+		}
+	}
+	return false
+}
+
 // renewTime is when a token issued at now and valid until exp is renewed.
 func renewTime(now, exp time.Time, frac float64) time.Time {
 	if exp.IsZero() {
@@ -399,7 +427,6 @@ func renewTime(now, exp time.Time, frac float64) time.Time {
 // renewLoop renews each claim's token before it expires, on the same
 // $cbs links, so that the links it authorized stay attached.
 func (lc *liveConn) renewLoop() {
-	defer lc.c.wg.Done()
 	t := time.NewTimer(time.Hour)
 	defer t.Stop()
 	for {

@@ -250,7 +250,14 @@ func doRetry(ctx context.Context, c *connector, r RetryOptions, log *slog.Logger
 		if errors.Is(err, ErrClosed) {
 			return fmt.Errorf("%s: %w", op, ErrClosed)
 		}
-		if !retryable(err) || !r.allows(attempt) || ctx.Err() != nil {
+		stale := lc != nil && errors.Is(err, ErrUnauthorized) && lc.claimExpired()
+		if stale {
+			// The token lapsed before it could be renewed (a suspended
+			// machine, a long outage of $cbs): a new connection gets fresh
+			// ones.
+			lc.fail(err)
+		}
+		if !(retryable(err) || stale && attempt == 0) || !r.allows(attempt) || ctx.Err() != nil {
 			return err
 		}
 		log.Debug("amqphub client: retrying", "op", op, "attempt", attempt+1, "err", err)

@@ -199,9 +199,7 @@ func (d *DeviceClient) c2dLoop(ctx context.Context, lc *liveConn) (*goamqp.Recei
 	lc.mu.Lock()
 	lc.links["c2d-loop"] = nopCloser{}
 	lc.mu.Unlock()
-	lc.c.wg.Add(1)
-	go func() {
-		defer lc.c.wg.Done()
+	if !lc.c.spawn(func() {
 		defer func() {
 			lc.mu.Lock()
 			delete(lc.links, "c2d-loop")
@@ -234,7 +232,9 @@ func (d *DeviceClient) c2dLoop(ctx context.Context, lc *liveConn) (*goamqp.Recei
 				_ = msg.Abandon(lc.ctx)
 			}
 		}
-	}()
+	}) {
+		return nil, ErrClosed
+	}
 	return rcv, nil
 }
 

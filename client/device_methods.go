@@ -98,8 +98,10 @@ func (d *DeviceClient) methodChannel(ctx context.Context, lc *liveConn) (*method
 			return nil, amqpErr("attach methods receiver", err)
 		}
 		mc := &methodChannel{snd: snd, rcv: rcv}
-		lc.c.wg.Add(1)
-		go d.serveMethods(lc, mc)
+		if !lc.c.spawn(func() { d.serveMethods(lc, mc) }) {
+			closeQuietly(mc)
+			return nil, ErrClosed
+		}
 		return mc, nil
 	})
 }
@@ -107,7 +109,6 @@ func (d *DeviceClient) methodChannel(ctx context.Context, lc *liveConn) (*method
 // serveMethods receives method requests until the link ends and runs
 // each on its own goroutine.
 func (d *DeviceClient) serveMethods(lc *liveConn, mc *methodChannel) {
-	defer lc.c.wg.Done()
 	for {
 		m, err := mc.rcv.Receive(lc.ctx, nil)
 		if err != nil {
@@ -117,11 +118,7 @@ func (d *DeviceClient) serveMethods(lc *liveConn, mc *methodChannel) {
 			}
 			lc.mu.Unlock()
 			if lc.alive() {
-				lc.c.wg.Add(1)
-				go func() {
-					defer lc.c.wg.Done()
-					closeQuietly(mc)
-				}()
+				lc.c.spawn(func() { closeQuietly(mc) })
 			}
 			if methods, _, _ := d.features(); methods {
 				select {

@@ -177,8 +177,10 @@ func (d *DeviceClient) twinChannel(ctx context.Context, lc *liveConn) (*twinChan
 			return nil, amqpErr("attach twin sender", err)
 		}
 		tc := &twinChannel{d: d, snd: snd, rcv: rcv, pending: map[string]chan twinResponse{}}
-		lc.c.wg.Add(1)
-		go tc.receive(lc)
+		if !lc.c.spawn(func() { tc.receive(lc) }) {
+			closeQuietly(tc)
+			return nil, ErrClosed
+		}
 		return tc, nil
 	})
 }
@@ -201,7 +203,6 @@ func closeQuietly(l closer) {
 // receive dispatches responses to their requests and pushes to the
 // desired-property handler until the link ends.
 func (tc *twinChannel) receive(lc *liveConn) {
-	defer lc.c.wg.Done()
 	for {
 		m, err := tc.rcv.Receive(lc.ctx, nil)
 		if err != nil {
@@ -251,11 +252,7 @@ func (tc *twinChannel) fail(lc *liveConn, err error) {
 	}
 	lc.mu.Unlock()
 	if lc.alive() {
-		lc.c.wg.Add(1)
-		go func() {
-			defer lc.c.wg.Done()
-			closeQuietly(tc)
-		}()
+		lc.c.spawn(func() { closeQuietly(tc) })
 	}
 	if _, desired, _ := tc.d.features(); desired {
 		select {

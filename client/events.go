@@ -158,9 +158,10 @@ type EventReader struct {
 	events chan *Event
 	failed chan struct{}
 
-	mu    sync.Mutex
-	err   error
-	addrs map[string]redirectTarget // partition → its redirect
+	mu     sync.Mutex
+	err    error
+	closed bool
+	addrs  map[string]redirectTarget // partition → its redirect
 }
 
 // redirectTarget is where an amqp:link:redirect points.
@@ -224,10 +225,17 @@ func (s *ServiceClient) NewEventReader(ctx context.Context, opts *EventReaderOpt
 		}
 	}
 	ready := make(chan struct{}, len(r.partitions))
+	r.mu.Lock()
+	if r.closed {
+		// The service client closed meanwhile.
+		r.mu.Unlock()
+		return nil, ErrClosed
+	}
 	for _, p := range r.partitions {
 		r.wg.Add(1)
 		go r.runPartition(p, ready)
 	}
+	r.mu.Unlock()
 	// Return once every partition link is attached, so that StartLatest
 	// means "after NewEventReader returns".
 	for range r.partitions {
@@ -282,6 +290,9 @@ func (r *EventReader) Receive(ctx context.Context) (*Event, error) {
 
 // Close stops the partition readers and closes their connection.
 func (r *EventReader) Close() error {
+	r.mu.Lock()
+	r.closed = true // no partition starts after this
+	r.mu.Unlock()
 	r.cancel()
 	r.eh.close()
 	r.wg.Wait()

@@ -1,6 +1,3 @@
-// Package client is a Go client for IoT Hub (and amqphub): device and
-// service clients over AMQP (github.com/Azure/go-amqp), and the registry
-// REST API.
 package client
 
 import (
