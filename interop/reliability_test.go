@@ -224,6 +224,14 @@ func TestServeSIGTERM(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// go-amqp v1.7.0 can leave a Send blocked when its connection dies
+	// mid-send, until the link is closed.
+	go func() {
+		<-conn.Done()
+		cctx, ccancel := context.WithTimeout(context.Background(), time.Second)
+		defer ccancel()
+		snd.Close(cctx)
+	}()
 	var a ackTracker
 	pumped := make(chan error, 1)
 	go func() { pumped <- pumpTelemetry(ctx, snd, "term", 256, make([]byte, 512), &a, nil) }()

@@ -136,6 +136,7 @@ func (r *run) sendC2D(ctx context.Context, spec ChildSpec) {
 			if err != nil {
 				return err
 			}
+			defer closeWhenDone(ctx, c, snd)()
 			for ctx.Err() == nil {
 				d := r.devices[i%len(r.devices)]
 				i++

@@ -115,6 +115,7 @@ func (r *run) deviceSession(ctx context.Context, spec ChildSpec, d *soakDevice, 
 		snd, err = sess.NewSender(dctx, "/devices/"+d.id+"/messages/events", nil)
 		cancel()
 		if err == nil {
+			defer closeWhenDone(ctx, conn, snd)()
 			return r.pump(ctx, d, snd, body)
 		}
 	}
@@ -222,4 +223,25 @@ func sleepCtx(ctx context.Context, d time.Duration) {
 	case <-ctx.Done():
 	case <-t.C:
 	}
+}
+
+// closeWhenDone closes snd once ctx ends or conn dies, and returns a
+// function that stops watching. go-amqp v1.7.0 can leave a Send blocked
+// for ever when the connection dies in the middle of it (after a failed
+// write it waits to roll back credit with a mux that has exited, watching
+// only for the link's Close); closing the link releases it.
+func closeWhenDone(ctx context.Context, conn *goamqp.Conn, snd *goamqp.Sender) (stop func()) {
+	stopped := make(chan struct{})
+	go func() {
+		select {
+		case <-ctx.Done():
+		case <-conn.Done():
+		case <-stopped:
+			return
+		}
+		cctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		snd.Close(cctx)
+	}()
+	return func() { close(stopped) }
 }
