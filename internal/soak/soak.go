@@ -439,7 +439,7 @@ func probeC2D(ctx context.Context, spec ChildSpec) (string, bool) {
 // Event-Hub-compatible endpoint, up to the last sequence number the
 // partition reports.
 func readEventHub(ctx context.Context, spec ChildSpec) ([][]storedRecord, error) {
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Minute)
 	defer cancel()
 	c, err := ownerConn(ctx, spec)
 	if err != nil {
