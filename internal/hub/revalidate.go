@@ -22,8 +22,9 @@ import (
 // A credential that no longer passes is dropped: its links are detached
 // with amqp:unauthorized-access, and the connection is closed with the same
 // condition when that credential was its SASL identity or its last one.
-// RevalidateDevice runs the check at once for one device (the REST layer
-// calls it after a device update or delete).
+// RevalidateDevice runs the check at once for one device, for the REST
+// layer to call after a device update or delete (until it does, changes
+// take effect within one interval).
 //
 // Connections that hold no credential at all for AuthTimeout (they never
 // presented a token, or all of theirs expired or were revoked) are closed,
