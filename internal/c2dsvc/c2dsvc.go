@@ -231,13 +231,14 @@ func (c Config) storeConfig(log *slog.Logger) c2d.Config {
 }
 
 // Store is what the service needs from its queue store: the c2d.Store
-// contract plus lock release and generation maintenance, which
-// *c2d.PebbleStore provides.
+// contract plus lock release, generation maintenance and the count of
+// available feedback, which *c2d.PebbleStore provides.
 type Store interface {
 	c2d.Store
 	Release(ctx context.Context, queueID string, token c2d.LockToken) error
 	Generations(ctx context.Context) (map[string][]string, error)
 	DropGenerations(ctx context.Context, queueID, keep string) (int, error)
+	AvailableFeedback(ctx context.Context) (int, error)
 }
 
 var _ Store = (*c2d.PebbleStore)(nil)
@@ -299,9 +300,6 @@ type Service struct {
 	lost map[string][]lostLock
 	// links holds the device links of each queue.
 	links map[string]map[*deviceLink]struct{}
-	// feedbackLocked counts the records of unsettled feedback batches, so
-	// that the batcher can estimate how many are available.
-	feedbackLocked int
 }
 
 // lostLock is the lock of a message sent on a link and not settled.

@@ -157,7 +157,11 @@ func (dl *deviceLink) send(m c2d.Message) bool {
 			dl.mu.Lock()
 			delete(dl.inflight, token)
 			dl.mu.Unlock()
-			dl.apply(token, "abandon", s.store.Abandon)
+			// Before the detach, so that the device's next link finds the
+			// message available again.
+			if err := s.store.Abandon(s.ctx, dl.q, token); err != nil && s.ctx.Err() == nil {
+				s.log.Error("c2d: abandoning a message too large for the device failed", "queue", dl.q, "err", err)
+			}
 			s.log.Info("c2d: a message exceeds the device's max-message-size; detaching its link", "queue", dl.q, "seq", m.Seq, "bytes", len(payload))
 			l.Close(amqp.NewError(amqp.ErrCondMessageSizeExceeded,
 				fmt.Sprintf("a pending message is %d bytes, more than the link's max-message-size", len(payload))))

@@ -116,21 +116,13 @@ func (fl *feedbackLink) waitBatch(ch <-chan struct{}) bool {
 	}
 }
 
-// availableFeedback estimates the records no batch holds.
+// availableFeedback counts the records a batch could take now.
 func (s *Service) availableFeedback() int {
-	n, err := s.store.PendingFeedback(s.ctx)
+	n, err := s.store.AvailableFeedback(s.ctx)
 	if err != nil {
 		return 0
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return n - s.feedbackLocked
-}
-
-func (s *Service) addFeedbackLocked(n int) {
-	s.mu.Lock()
-	s.feedbackLocked += n
-	s.mu.Unlock()
+	return n
 }
 
 // send sends one batch and reports whether the link is still usable.
@@ -139,47 +131,44 @@ func (fl *feedbackLink) send(b c2d.FeedbackBatch) bool {
 	payload, err := s.feedbackMessage(b.Records)
 	if err != nil {
 		s.log.Error("c2d: encoding feedback failed", "err", err)
-		fl.settle(b.LockToken, len(b.Records), false)
+		fl.settle(b.LockToken, false)
 		return true
 	}
-	n := len(b.Records)
-	s.addFeedbackLocked(n)
 	token := b.LockToken
 	err = l.Send(s.ctx, &amqp.Outgoing{
 		Tag:     append([]byte(nil), token[:]...),
 		Payload: payload,
 		Settled: fl.presettled,
-		OnSettled: func(st frames.DeliveryState, err error) {
+		OnSettled: func(st frames.DeliveryState, _ error) {
 			switch st.(type) {
 			case frames.Accepted, frames.Rejected:
 				// Rejected feedback is dead-lettered, which for feedback
 				// means dropped.
-				fl.settle(token, n, true)
+				fl.settle(token, true)
 			default: // released, modified, or the link went first
-				fl.settle(token, n, false)
+				fl.settle(token, false)
 			}
 		},
 	})
 	fl.last = time.Now()
 	if err != nil {
-		fl.settle(token, n, false)
+		fl.settle(token, false)
 		return false
 	}
 	if fl.presettled {
-		fl.settle(token, n, true)
+		fl.settle(token, true)
 	}
 	return true
 }
 
 // settle completes or abandons a batch on a goroutine.
-func (fl *feedbackLink) settle(token c2d.LockToken, n int, complete bool) {
+func (fl *feedbackLink) settle(token c2d.LockToken, complete bool) {
 	s := fl.svc
 	op, f := "abandon", s.store.AbandonFeedback
 	if complete {
 		op, f = "complete", s.store.CompleteFeedback
 	}
-	run := func() {
-		defer s.addFeedbackLocked(-n)
+	s.goTracked(func() {
 		err := f(s.ctx, token)
 		switch {
 		case err == nil:
@@ -189,10 +178,7 @@ func (fl *feedbackLink) settle(token c2d.LockToken, n int, complete bool) {
 		default:
 			s.log.Error("c2d: settling feedback failed", "op", op, "err", err)
 		}
-	}
-	if !s.goTracked(run) {
-		s.addFeedbackLocked(-n)
-	}
+	})
 }
 
 // feedbackMessage encodes a feedback batch as IoT Hub sends it.

@@ -137,3 +137,24 @@ func (s *PebbleStore) DropGenerations(ctx context.Context, queueID, keep string)
 	}
 	return n, nil
 }
+
+// AvailableFeedback counts the feedback records TakeFeedback would hand
+// out now: durable, unexpired and in no batch whose lock holds. A batcher
+// uses it to decide whether a full batch is waiting; PendingFeedback also
+// counts locked records and records whose commit is still under way.
+func (s *PebbleStore) AvailableFeedback(ctx context.Context) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.begin(ctx); err != nil {
+		return 0, fmt.Errorf("c2d: available feedback: %w", err)
+	}
+	s.inflight.Done()
+	now := s.cfg.Now()
+	n := 0
+	for _, fr := range s.fb {
+		if fr.available(now) {
+			n++
+		}
+	}
+	return n, nil
+}

@@ -3,6 +3,7 @@ package c2d_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"reflect"
 	"testing"
 	"time"
@@ -197,4 +198,47 @@ func TestMaintainClosed(t *testing.T) {
 	if _, err := s.DropGenerations(ctx, "d1", ""); !errors.Is(err, c2d.ErrClosed) {
 		t.Errorf("DropGenerations after Close: %v", err)
 	}
+	if _, err := s.AvailableFeedback(ctx); !errors.Is(err, c2d.ErrClosed) {
+		t.Errorf("AvailableFeedback after Close: %v", err)
+	}
+}
+
+// TestAvailableFeedback counts what TakeFeedback would hand out: not
+// locked records, nor expired ones, but those of a batch whose lock
+// expired.
+func TestAvailableFeedback(t *testing.T) {
+	ctx := context.Background()
+	s, clock, _ := openMaintain(t)
+	want := func(n int) {
+		t.Helper()
+		if got, err := s.AvailableFeedback(ctx); err != nil || got != n {
+			t.Fatalf("AvailableFeedback = %d, %v; want %d", got, err, n)
+		}
+	}
+	want(0)
+	for i := range 3 {
+		if _, err := s.Enqueue(ctx, "d1", c2d.NewMessage{MessageID: fmt.Sprint(i), Ack: c2d.AckFull, Body: []byte("x")}); err != nil {
+			t.Fatal(err)
+		}
+		m := mustLock(t, s, "d1")
+		if err := s.Complete(ctx, "d1", m.LockToken); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want(3)
+	b, ok, err := s.TakeFeedback(ctx, 2)
+	if err != nil || !ok {
+		t.Fatal(ok, err)
+	}
+	want(1)
+	if n, _ := s.PendingFeedback(ctx); n != 3 {
+		t.Fatalf("PendingFeedback = %d; want 3 (locked records count there)", n)
+	}
+	clock.Advance(c2d.DefaultFeedbackLockDuration)
+	want(3) // the batch's lock expired
+	if err := s.CompleteFeedback(ctx, b.LockToken); !errors.Is(err, c2d.ErrLockLost) {
+		t.Fatalf("CompleteFeedback after the lock expired: %v", err)
+	}
+	clock.Advance(c2d.DefaultFeedbackTTL)
+	want(0) // expired
 }
