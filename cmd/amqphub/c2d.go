@@ -31,6 +31,7 @@ func c2dSend(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	fs.SetOutput(stderr)
 	var cf clientFlags
 	cf.register(fs, "give up after this long (default 1m)")
+	cf.setLog(stderr)
 	var bf bodyFlags
 	bf.register(fs, "message body")
 	props := propsFlag{}
@@ -91,6 +92,7 @@ func c2dReceive(args []string, stdout, stderr io.Writer) error {
 	fs.SetOutput(stderr)
 	var cf clientFlags
 	cf.register(fs, "stop after this long (default: run until Ctrl-C or --count)")
+	cf.setLog(stderr)
 	var df deviceFlags
 	df.register(fs)
 	var (
@@ -172,6 +174,7 @@ func feedbackCmd(args []string, stdout, stderr io.Writer) error {
 	fs.SetOutput(stderr)
 	var cf clientFlags
 	cf.register(fs, "stop after this long (default: run until Ctrl-C or --count)")
+	cf.setLog(stderr)
 	var (
 		count   = fs.Int("count", 0, "stop after this many records (default: no limit)")
 		abandon = fs.Bool("abandon", false, "leave the records on the hub (abandon) instead of completing them")

@@ -8,6 +8,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/signal"
 	"sort"
@@ -24,6 +25,21 @@ type clientFlags struct {
 	hubFlags
 	amqpAddr string
 	timeout  time.Duration
+	// log receives the client's connection events (lost, reconnecting).
+	log *slog.Logger
+}
+
+// setLog sends the client's connection events to w, without timestamps.
+func (c *clientFlags) setLog(w io.Writer) {
+	c.log = slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{
+		Level: slog.LevelInfo,
+		ReplaceAttr: func(groups []string, a slog.Attr) slog.Attr {
+			if len(groups) == 0 && (a.Key == slog.TimeKey || a.Key == slog.LevelKey) {
+				return slog.Attr{}
+			}
+			return a
+		},
+	}))
 }
 
 func (c *clientFlags) register(fs *flag.FlagSet, timeoutHelp string) {
@@ -49,7 +65,7 @@ func (c *clientFlags) service() (*client.ServiceClient, error) {
 	if err != nil {
 		return nil, err
 	}
-	return client.NewServiceClient(c.connStr, &client.ServiceOptions{TLSConfig: tc, Address: c.amqpAddr, RESTURL: c.restURL})
+	return client.NewServiceClient(c.connStr, &client.ServiceOptions{TLSConfig: tc, Address: c.amqpAddr, RESTURL: c.restURL, Logger: c.log})
 }
 
 // deviceFlags choose the device a command acts as.
@@ -93,7 +109,7 @@ func (d *deviceFlags) client(ctx context.Context, c *clientFlags) (*client.Devic
 		}
 		cs = client.DeviceConnection{HostName: reg.HostName(), DeviceID: dev.DeviceID, SharedAccessKey: dev.Authentication.SymmetricKey.PrimaryKey}.String()
 	}
-	return client.NewDeviceClient(cs, &client.DeviceOptions{TLSConfig: tc, Address: c.amqpAddr})
+	return client.NewDeviceClient(cs, &client.DeviceOptions{TLSConfig: tc, Address: c.amqpAddr, Logger: c.log})
 }
 
 // explainClient says what to do about an error of an AMQP command.

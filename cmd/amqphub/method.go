@@ -20,6 +20,7 @@ func methodCmd(args []string, stdout, stderr io.Writer) error {
 	fs.SetOutput(stderr)
 	var cf clientFlags
 	cf.register(fs, "give up after this long (default: the method's timeouts plus 30s)")
+	cf.setLog(stderr)
 	var (
 		module   = fs.String("module", "", "invoke the method on this module of the device")
 		payload  = fs.String("payload", "null", "JSON payload")

@@ -20,6 +20,7 @@ func monitorCmd(args []string, stdout, stderr io.Writer) error {
 	fs.SetOutput(stderr)
 	var cf clientFlags
 	cf.register(fs, "stop after this long (default: run until Ctrl-C)")
+	cf.setLog(stderr)
 	var (
 		from      = fs.String("from", "latest", "where to start: earliest, latest, a sequence number, or an RFC 3339 time such as 2025-01-02T15:04:05Z")
 		device    = fs.String("device", "", "show only this device's events")

@@ -24,6 +24,7 @@ func sendCmd(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	fs.SetOutput(stderr)
 	var cf clientFlags
 	cf.register(fs, "give up after this long (default: none; a lost connection is retried)")
+	cf.setLog(stderr)
 	var df deviceFlags
 	df.register(fs)
 	var bf bodyFlags

@@ -23,6 +23,7 @@ func twinCmd(args []string, stdout, stderr io.Writer) error {
 	fs.SetOutput(stderr)
 	var cf clientFlags
 	cf.register(fs, "give up after this long (default 30s)")
+	cf.setLog(stderr)
 	var (
 		module   = fs.String("module", "", "the twin of this module of the device")
 		desired  = fs.String("desired", "", `update: desired properties to merge, as JSON (e.g. '{"interval":5}'; null removes)`)
