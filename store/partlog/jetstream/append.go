@@ -1,0 +1,374 @@
+package jetstream
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"amqphub/store/partlog"
+)
+
+// ErrAckTimeout means the stream did not acknowledge an append within
+// Options.AckTimeout. The record may still have been stored.
+var ErrAckTimeout = errors.New("jetstream: append not acknowledged in time")
+
+// pending is an append sent to the stream and not yet acknowledged.
+type pending struct {
+	id     uint64
+	active bool
+	done   func(partlog.Entry, error)
+	stamp  int64 // enqueued time, Unix ms
+	size   int
+	sent   time.Time
+}
+
+// partition is one stream's state on this node.
+type partition struct {
+	l       *Log
+	id      int
+	stream  string
+	subject string
+	direct  string // direct-get subject
+	msgGet  string // message-get API subject (answered by the leader)
+	info    string // stream-info API subject
+	ackBase string // reply subject prefix for this partition's appends
+
+	mu     sync.Mutex
+	closed bool
+	ring   []pending // in-flight appends, indexed by id % len(ring)
+	nextID uint64    // id of the next append (ids start at 1)
+	oldest uint64    // no append below this id is in flight
+	count  int       // appends in flight
+	bytes  int       // payload bytes in flight
+	space  chan struct{}
+
+	stamp    int64 // latest enqueued time stamped or seen: the floor of the next stamp
+	last     int64 // highest durable sequence number known, -1 if none
+	lastTime int64 // enqueued time of last
+	notify   chan struct{}
+
+	watch watcher
+}
+
+func newPartition(l *Log, i int) *partition {
+	name := l.streamName(i)
+	return &partition{
+		l:       l,
+		id:      i,
+		stream:  name,
+		subject: l.subject(i),
+		direct:  l.api + "DIRECT.GET." + name,
+		msgGet:  l.api + "STREAM.MSG.GET." + name,
+		info:    l.api + "STREAM.INFO." + name,
+		ackBase: l.ackPrefix + "." + strconv.Itoa(i) + ".",
+		ring:    make([]pending, l.opts.MaxInFlight),
+		nextID:  1,
+		oldest:  1,
+		space:   make(chan struct{}),
+		last:    -1,
+		notify:  make(chan struct{}),
+	}
+}
+
+// entry builds the partlog entry of stream sequence jsSeq (1-based).
+func entry(jsSeq uint64, enqueued int64) partlog.Entry {
+	seq := int64(jsSeq) - 1
+	return partlog.Entry{Seq: seq, Offset: seq * OffsetStride, EnqueuedTime: enqueued}
+}
+
+// observe records that seq, enqueued at t, is durable, waking waiters if
+// it is past the known tail.
+func (p *partition) observe(seq, t int64) {
+	p.mu.Lock()
+	p.observeLocked(seq, t)
+	p.mu.Unlock()
+}
+
+func (p *partition) observeLocked(seq, t int64) {
+	if t > p.stamp {
+		p.stamp = t
+	}
+	if seq > p.last {
+		p.last, p.lastTime = seq, t
+		close(p.notify)
+		p.notify = make(chan struct{})
+	}
+}
+
+// tail returns the highest durable sequence number this Log knows of.
+func (p *partition) tail() int64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.last
+}
+
+// AppendAsync queues payload for partition and returns once it is sent;
+// done runs when the stream acknowledges it. See partlog.Log.
+func (l *Log) AppendAsync(partition int, payload []byte, done func(partlog.Entry, error)) error {
+	return l.appendAsync(context.Background(), partition, payload, done)
+}
+
+// Append sends payload and waits for the stream's acknowledgement.
+func (l *Log) Append(ctx context.Context, partition int, payload []byte) (partlog.Entry, error) {
+	if err := ctx.Err(); err != nil {
+		return partlog.Entry{}, err
+	}
+	type result struct {
+		e   partlog.Entry
+		err error
+	}
+	ch := make(chan result, 1)
+	err := l.appendAsync(ctx, partition, payload, func(e partlog.Entry, err error) { ch <- result{e, err} })
+	if err != nil {
+		return partlog.Entry{}, err
+	}
+	select {
+	case r := <-ch:
+		return r.e, r.err
+	case <-ctx.Done():
+		return partlog.Entry{}, ctx.Err()
+	}
+}
+
+func (l *Log) appendAsync(ctx context.Context, partition int, payload []byte, done func(partlog.Entry, error)) error {
+	p, err := l.part(partition)
+	if err != nil {
+		return err
+	}
+	if len(payload) > l.maxPayload {
+		return fmt.Errorf("jetstream: partition %d: payload of %d bytes exceeds %d: %w",
+			partition, len(payload), l.maxPayload, partlog.ErrPayloadTooLarge)
+	}
+	p.mu.Lock()
+	for {
+		if p.closed {
+			p.mu.Unlock()
+			return fmt.Errorf("jetstream: partition %d: %w", partition, partlog.ErrClosed)
+		}
+		slot := &p.ring[p.nextID%uint64(len(p.ring))]
+		// A payload larger than the byte window still goes alone.
+		fits := p.count == 0 || p.bytes+len(payload) <= l.opts.MaxInFlightBytes
+		if !slot.active && p.count < len(p.ring) && fits {
+			break
+		}
+		space := p.space
+		p.mu.Unlock()
+		select {
+		case <-space:
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-l.closing:
+		}
+		p.mu.Lock()
+	}
+	id := p.nextID
+	now := l.opts.Now().UnixMilli()
+	stamp := max(now, p.stamp)
+	msg := &nats.Msg{
+		Subject: p.subject,
+		Reply:   p.ackBase + strconv.FormatUint(id, 10),
+		Header:  nats.Header{hdrEnqueued: []string{strconv.FormatInt(stamp, 10)}},
+		Data:    payload,
+	}
+	// Publishing under the lock keeps the wire order equal to the order of
+	// ids and stamps; the client copies payload into its buffer here.
+	if err := l.nc.PublishMsg(msg); err != nil {
+		p.mu.Unlock()
+		return fmt.Errorf("jetstream: partition %d: publish: %w", partition, err)
+	}
+	p.nextID++
+	p.stamp = stamp
+	p.count++
+	p.bytes += len(payload)
+	p.ring[id%uint64(len(p.ring))] = pending{id: id, active: true, done: done, stamp: stamp, size: len(payload), sent: time.Now()}
+	p.mu.Unlock()
+	return nil
+}
+
+// takeLocked removes in-flight append id and returns it.
+func (p *partition) takeLocked(id uint64) (pending, bool) {
+	slot := &p.ring[id%uint64(len(p.ring))]
+	if !slot.active || slot.id != id {
+		return pending{}, false
+	}
+	pd := *slot
+	*slot = pending{}
+	p.count--
+	p.bytes -= pd.size
+	close(p.space)
+	p.space = make(chan struct{})
+	return pd, true
+}
+
+// pubAck is the stream's answer to a publish.
+type pubAck struct {
+	Stream    string    `json:"stream"`
+	Seq       uint64    `json:"seq"`
+	Duplicate bool      `json:"duplicate"`
+	Error     *apiError `json:"error"`
+}
+
+// onAck handles a publish acknowledgement; its subject ends in
+// ".<partition>.<id>".
+func (l *Log) onAck(m *nats.Msg) {
+	rest := m.Subject[len(l.ackPrefix)+1:]
+	dot := strings.IndexByte(rest, '.')
+	if dot < 0 {
+		return
+	}
+	pi, err1 := strconv.Atoi(rest[:dot])
+	id, err2 := strconv.ParseUint(rest[dot+1:], 10, 64)
+	if err1 != nil || err2 != nil || pi < 0 || pi >= len(l.parts) {
+		return
+	}
+	p := l.parts[pi]
+	ack, ackErr := p.parseAck(m)
+	p.mu.Lock()
+	pd, ok := p.takeLocked(id)
+	if ok && ackErr == nil {
+		p.observeLocked(int64(ack.Seq)-1, pd.stamp)
+	}
+	p.mu.Unlock()
+	if !ok {
+		return // timed out or failed at Close already
+	}
+	if pd.done == nil {
+		return
+	}
+	if ackErr != nil {
+		pd.done(partlog.Entry{}, ackErr)
+		return
+	}
+	pd.done(entry(ack.Seq, pd.stamp), nil)
+}
+
+func (p *partition) parseAck(m *nats.Msg) (pubAck, error) {
+	var ack pubAck
+	if len(m.Data) == 0 {
+		if st := m.Header.Get("Status"); st != "" {
+			if st == "503" {
+				return ack, fmt.Errorf("jetstream: partition %d: append not stored: no stream %s is reachable (no responders)", p.id, p.stream)
+			}
+			return ack, fmt.Errorf("jetstream: partition %d: append not stored: status %s %s", p.id, st, m.Header.Get("Description"))
+		}
+	}
+	if err := json.Unmarshal(m.Data, &ack); err != nil {
+		return ack, fmt.Errorf("jetstream: partition %d: undecodable publish acknowledgement %q: %w", p.id, m.Data, err)
+	}
+	if ack.Error != nil {
+		return ack, fmt.Errorf("jetstream: partition %d: append refused by stream %s: %w", p.id, p.stream, ack.Error)
+	}
+	if ack.Stream != p.stream || ack.Seq == 0 || ack.Duplicate {
+		return ack, fmt.Errorf("jetstream: partition %d: unexpected publish acknowledgement %q", p.id, m.Data)
+	}
+	return ack, nil
+}
+
+// sweep fails appends whose acknowledgement is overdue.
+func (l *Log) sweep() {
+	defer l.bg.Done()
+	tick := min(max(l.opts.AckTimeout/10, 10*time.Millisecond), time.Second)
+	t := time.NewTicker(tick)
+	defer t.Stop()
+	for {
+		select {
+		case <-l.closing:
+			return
+		case <-t.C:
+			deadline := time.Now().Add(-l.opts.AckTimeout)
+			for _, p := range l.parts {
+				p.expire(deadline)
+			}
+		}
+	}
+}
+
+// expire fails the appends of p sent before deadline.
+func (p *partition) expire(deadline time.Time) {
+	var failed []pending
+	p.mu.Lock()
+	for ; p.oldest < p.nextID; p.oldest++ {
+		slot := &p.ring[p.oldest%uint64(len(p.ring))]
+		if !slot.active || slot.id != p.oldest {
+			continue
+		}
+		if slot.sent.After(deadline) {
+			break
+		}
+		pd, _ := p.takeLocked(p.oldest)
+		failed = append(failed, pd)
+	}
+	p.mu.Unlock()
+	if len(failed) > 0 {
+		p.l.opts.Logger.Warn("jetstream: appends not acknowledged in time", "partition", p.id,
+			"count", len(failed), "timeout", p.l.opts.AckTimeout)
+	}
+	for _, pd := range failed {
+		if pd.done != nil {
+			pd.done(partlog.Entry{}, fmt.Errorf("jetstream: partition %d: %w after %v", p.id, ErrAckTimeout, p.l.opts.AckTimeout))
+		}
+	}
+}
+
+// drain waits until nothing is in flight or deadline passes.
+func (p *partition) drain(deadline time.Time) {
+	timer := time.NewTimer(time.Until(deadline))
+	defer timer.Stop()
+	for {
+		p.mu.Lock()
+		n, space := p.count, p.space
+		p.mu.Unlock()
+		if n == 0 {
+			return
+		}
+		select {
+		case <-space:
+		case <-timer.C:
+			return
+		}
+	}
+}
+
+// failAll completes every append still in flight with err.
+func (p *partition) failAll(err error) {
+	var failed []pending
+	p.mu.Lock()
+	for id := p.oldest; id < p.nextID; id++ {
+		if pd, ok := p.takeLocked(id); ok {
+			failed = append(failed, pd)
+		}
+	}
+	p.oldest = p.nextID
+	p.mu.Unlock()
+	for _, pd := range failed {
+		if pd.done != nil {
+			pd.done(partlog.Entry{}, fmt.Errorf("jetstream: partition %d: append not acknowledged before Close: %w", p.id, err))
+		}
+	}
+}
+
+// loadTail initialises the known tail and the stamp floor from the stream,
+// so that enqueued times keep increasing across restarts even if the clock
+// went back.
+func (p *partition) loadTail() error {
+	st, err := p.state()
+	if err != nil {
+		return err
+	}
+	if st.LastSeq == 0 {
+		return nil
+	}
+	t, err := p.lastEnqueued(st)
+	if err != nil {
+		return err
+	}
+	p.observe(int64(st.LastSeq)-1, t)
+	return nil
+}
