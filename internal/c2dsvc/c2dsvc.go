@@ -108,14 +108,17 @@
 //
 // # Concurrency
 //
-// Engine callbacks (attach, message, settled, detach) never block: store
-// operations run on goroutines. Goroutines per link: one delivery loop per
-// device or feedback link, and one short-lived goroutine per service
-// delivery (bounded by the link's credit window) or per settlement (bounded
-// by the queue depth, as only locked messages are settled). Lock order:
-// Service.mu and serviceLink.mu are leaves; neither is held across a store
-// call, a registry call or an engine call. Close waits for every goroutine
-// before closing the store.
+// Engine callbacks (message, settled) never block: store operations run on
+// goroutines. Attaching a device link looks the device up in the registry
+// (a cache hit as a rule, bounded by 5 s), as telemetry does. Goroutines:
+// one delivery loop per device or feedback link; one short-lived goroutine
+// per service delivery (bounded by the link's credit window), per
+// settlement (bounded by the queue depth for devices, as only locked
+// messages are settled, and by the link credit for feedback) and per batch
+// of lost locks to give back. Lock order: Service.mu, serviceLink.mu and
+// deviceLink.mu are leaves; none is held across a store call, a registry
+// call or an engine call. Close waits for every goroutine; Setup's
+// Module.Close then closes the store.
 package c2dsvc
 
 import (
