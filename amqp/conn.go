@@ -1,7 +1,7 @@
 package amqp
 
 import (
-	"bufio"
+	"bytes"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -11,6 +11,7 @@ import (
 	"os"
 	"runtime/debug"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"amqphub/amqp/frames"
@@ -24,9 +25,7 @@ type Conn struct {
 	log *slog.Logger
 
 	// Reader-goroutine state: only the reader touches these.
-	br  *bufio.Reader
-	hdr [frames.HeaderSize]byte
-	buf []byte
+	rd  frameReader
 	dec frames.Decoder
 	// lastDeadline avoids re-arming the read deadline on every frame.
 	lastDeadline time.Time
@@ -48,17 +47,26 @@ type Conn struct {
 	closing  bool // our Close frame is queued
 	value    any
 
+	// Output (outbuf.go). Guarded by wmu unless noted.
 	wmu         sync.Mutex
 	wcond       *sync.Cond
-	wbuf        []byte
-	wspare      []byte
+	out         outBuf
 	pending     pendingDisp
-	wake        chan struct{}
+	dispScratch frames.Disposition // encodes pending
 	werr        error
-	shutdown    bool // close the socket once wbuf is flushed
-	writerAlive bool
+	shutdown    bool // close the socket once the output is flushed
+	writerAlive bool // the handshake is done: flushers may run
+	flushing    bool // a flusher goroutine is running
+	// Owned by the running flusher.
+	wq       [][]byte
+	wiov     net.Buffers
+	deadline time.Time
+	// Heartbeats.
+	lastWrite atomic.Int64 // Unix ns of the last socket write
+	hbTimer   *time.Timer
+	endOnce   sync.Once
 
-	wexited   chan struct{} // closed when the writer goroutine returns
+	wexited   chan struct{} // closed when the write side has finished
 	done      chan struct{}
 	closeOnce sync.Once
 	closeErr  error
@@ -72,7 +80,6 @@ func newConn(s *Server, nc net.Conn) *Conn {
 		log:      s.cfg.Logger.With("remote", nc.RemoteAddr().String()),
 		sessions: make(map[uint16]*Session),
 		local:    make(map[uint16]*Session),
-		wake:     make(chan struct{}, 1),
 		wexited:  make(chan struct{}),
 		done:     make(chan struct{}),
 	}
@@ -145,8 +152,8 @@ func (c *Conn) Close(err *Error) {
 	c.queue(frames.FrameAMQP, 0, &frames.Close{Error: err}, nil)
 	c.wmu.Lock()
 	c.shutdown = true
+	c.kickLocked()
 	c.wmu.Unlock()
-	c.signal()
 	// A peer that stops reading must not keep the connection: force it.
 	time.AfterFunc(5*time.Second, func() { c.nc.Close() })
 }
@@ -164,7 +171,8 @@ func (c *Conn) run() {
 		}
 		c.teardown(err)
 	}()
-	c.br = bufio.NewReaderSize(c.nc, 4096)
+	c.rd.init(c.nc)
+	defer c.rd.release()
 	c.nc.SetDeadline(time.Now().Add(c.cfg.HandshakeTimeout))
 	if err = c.limitedHandshake(); err != nil {
 		var sf errSASLFailed
@@ -179,8 +187,9 @@ func (c *Conn) run() {
 	c.nc.SetDeadline(time.Time{})
 	c.wmu.Lock()
 	c.writerAlive = true
+	c.kickLocked()
 	c.wmu.Unlock()
-	go c.writer()
+	c.startHeartbeat()
 	err = c.readLoop()
 }
 
@@ -274,14 +283,16 @@ func (c *Conn) writeOpen(props map[any]any) error {
 
 func (c *Conn) readProtoHeader() ([8]byte, error) {
 	var h [8]byte
-	if _, err := io.ReadFull(c.br, h[:]); err != nil {
+	b, err := c.rd.next(len(h))
+	if err != nil {
 		return h, fmt.Errorf("reading protocol header: %w", err)
 	}
+	copy(h[:], b)
 	return h, nil
 }
 
 // writeNow writes one frame synchronously; only the handshake uses it,
-// before the writer goroutine exists.
+// before any flusher may run.
 func (c *Conn) writeNow(typ byte, ch uint16, p frames.Performative) error {
 	b, err := frames.AppendFrame(nil, typ, ch, p, nil)
 	if err != nil {
@@ -308,26 +319,24 @@ func (c *Conn) readFrame(wantType byte) (frames.Performative, error) {
 		if typ == frames.FrameSASL && ch != 0 {
 			return nil, fmt.Errorf("sasl frame on channel %d", ch)
 		}
-		return c.dec.Decode(body)
+		return c.dec.Decode(ownBody(body))
 	}
 }
 
-// readRaw reads one frame into the reusable buffer and returns its body
-// (after any extended header); body is nil for an empty frame.
+// readRaw reads one frame and returns its body (after any extended
+// header), which aliases the input buffer until the next read; body is nil
+// for an empty frame.
 func (c *Conn) readRaw() (ch uint16, typ byte, body []byte, err error) {
-	if _, err = io.ReadFull(c.br, c.hdr[:]); err != nil {
+	hdr, err := c.rd.next(frames.HeaderSize)
+	if err != nil {
 		return 0, 0, nil, err
 	}
-	h, err := frames.ParseFrameHeader(c.hdr[:], c.cfg.MaxFrameSize)
+	h, err := frames.ParseFrameHeader(hdr, c.cfg.MaxFrameSize)
 	if err != nil {
 		return 0, 0, nil, &protoError{cond: ErrCondFramingError, err: err}
 	}
-	n := int(h.Size) - frames.HeaderSize
-	if cap(c.buf) < n {
-		c.buf = make([]byte, n, max(n, 1024))
-	}
-	b := c.buf[:n]
-	if _, err = io.ReadFull(c.br, b); err != nil {
+	b, err := c.rd.next(int(h.Size) - frames.HeaderSize)
+	if err != nil {
 		return 0, 0, nil, err
 	}
 	b = b[int(h.DataOff)*4-frames.HeaderSize:]
@@ -335,6 +344,22 @@ func (c *Conn) readRaw() (ch uint16, typ byte, body []byte, err error) {
 		return h.Channel, h.Type, nil, nil
 	}
 	return h.Channel, h.Type, b, nil
+}
+
+// ownBody returns body itself for the frequent performatives whose decoded
+// values the engine uses only while dispatching the frame (transfer, flow,
+// disposition), and a private copy for the others: decoded binary values
+// alias the bytes they came from, and attach and open values (properties,
+// filters) are kept for the life of the link or connection, while the
+// input buffer is reused.
+func ownBody(body []byte) []byte {
+	if len(body) >= 3 && body[0] == 0 && body[1] == 0x53 {
+		switch uint64(body[2]) {
+		case frames.CodeTransfer, frames.CodeFlow, frames.CodeDisposition:
+			return body
+		}
+	}
+	return bytes.Clone(body)
 }
 
 // protoError is a protocol violation that closes the connection with cond.
@@ -364,7 +389,7 @@ func (c *Conn) readLoop() error {
 				err = protoErrorf(ErrCondFramingError, "SASL frame after open")
 			} else {
 				var p frames.Performative
-				p, err = c.dec.Decode(body)
+				p, err = c.dec.Decode(ownBody(body))
 				if err != nil {
 					err = &protoError{cond: ErrCondDecodeError, err: err}
 				} else {
@@ -392,7 +417,7 @@ func (c *Conn) readLoop() error {
 // peer that sends but does not read cannot grow our memory.
 func (c *Conn) waitWriteRoom() {
 	c.wmu.Lock()
-	for len(c.wbuf) > c.cfg.MaxWriteBuffer && c.werr == nil && !c.shutdown {
+	for c.out.n > c.cfg.MaxWriteBuffer && c.werr == nil && !c.shutdown {
 		c.wcond.Wait()
 	}
 	c.wmu.Unlock()
@@ -418,8 +443,8 @@ func (c *Conn) dispatch(ch uint16, p frames.Performative) error {
 		}
 		c.wmu.Lock()
 		c.shutdown = true
+		c.kickLocked()
 		c.wmu.Unlock()
-		c.signal()
 		return errPeerClosed
 	case *frames.Open:
 		return protoErrorf(ErrCondIllegalState, "second open")
@@ -442,8 +467,11 @@ func (c *Conn) teardown(err error) {
 		c.wmu.Lock()
 		c.shutdown = true
 		alive := c.writerAlive
+		c.kickLocked()
 		c.wmu.Unlock()
-		c.signal()
+		if c.hbTimer != nil {
+			c.hbTimer.Stop()
+		}
 		if alive {
 			t := time.NewTimer(2 * time.Second)
 			select {
@@ -466,8 +494,8 @@ func (c *Conn) teardown(err error) {
 		c.wmu.Lock()
 		c.shutdown = true
 		c.wcond.Broadcast()
+		c.kickLocked()
 		c.wmu.Unlock()
-		c.signal()
 		c.closeErr = err
 		close(c.done)
 		c.srv.cfg.Handler.OnClose(c, err)
@@ -495,45 +523,44 @@ type pendingDisp struct {
 	last    uint32
 }
 
-// queue appends a frame to the output buffer and wakes the writer.
+// queue appends a frame to the output and makes sure a flusher runs.
 func (c *Conn) queue(typ byte, ch uint16, p frames.Performative, payload []byte) {
 	c.wmu.Lock()
 	c.flushPendingLocked()
 	c.appendLocked(typ, ch, p, payload)
+	c.kickLocked()
 	c.wmu.Unlock()
-	c.signal()
 }
 
 func (c *Conn) appendLocked(typ byte, ch uint16, p frames.Performative, payload []byte) {
-	b, err := frames.AppendFrame(c.wbuf, typ, ch, p, payload)
-	if err != nil {
+	if err := c.out.appendFrame(typ, ch, p, payload); err != nil {
 		// Only hub-supplied values (info maps, properties) can fail to
 		// encode; drop the frame rather than corrupt the stream.
 		c.log.Error("amqp: cannot encode frame", "frame", fmt.Sprintf("%T", p), "err", err)
-		return
 	}
-	c.wbuf = b
 }
 
-// queueDisposition coalesces consecutive accepted dispositions.
-func (c *Conn) queueDisposition(ch uint16, d *frames.Disposition) {
+// queueDisposition coalesces consecutive accepted dispositions. d is
+// taken by value so the common, coalesced case allocates nothing.
+func (c *Conn) queueDisposition(ch uint16, d frames.Disposition) {
 	c.wmu.Lock()
 	_, accepted := d.State.(frames.Accepted)
 	pd := &c.pending
 	if accepted && pd.active && pd.channel == ch && pd.role == d.Role && pd.settled == d.Settled && pd.last+1 == d.First {
 		pd.last = d.Last
+		c.kickLocked()
 		c.wmu.Unlock()
-		c.signal()
 		return
 	}
 	c.flushPendingLocked()
 	if accepted {
 		*pd = pendingDisp{active: true, channel: ch, role: d.Role, settled: d.Settled, first: d.First, last: d.Last}
 	} else {
-		c.appendLocked(frames.FrameAMQP, ch, d, nil)
+		other := d
+		c.appendLocked(frames.FrameAMQP, ch, &other, nil)
 	}
+	c.kickLocked()
 	c.wmu.Unlock()
-	c.signal()
 }
 
 func (c *Conn) flushPendingLocked() {
@@ -542,82 +569,10 @@ func (c *Conn) flushPendingLocked() {
 		return
 	}
 	pd.active = false
-	c.appendLocked(frames.FrameAMQP, pd.channel, &frames.Disposition{
+	c.dispScratch = frames.Disposition{
 		Role: pd.role, First: pd.first, Last: pd.last, HasLast: true, Settled: pd.settled, State: frames.Accepted{},
-	}, nil)
-}
-
-func (c *Conn) signal() {
-	select {
-	case c.wake <- struct{}{}:
-	default:
 	}
-}
-
-// writer owns the socket's write side: it swaps the output buffer and
-// writes it in one call, and sends heartbeats when the line is quiet.
-func (c *Conn) writer() {
-	defer close(c.wexited)
-	// The heartbeat timer fires at lastWrite+heartbeat: writes do not
-	// reset it (that would cost a timer update per write); when it fires
-	// early it is re-armed for the remainder, so no gap exceeds heartbeat.
-	hb := time.NewTimer(c.heartbeat)
-	defer hb.Stop()
-	lastWrite := time.Now()
-	empty := []byte{0, 0, 0, 8, 2, 0, 0, 0}
-	for {
-		select {
-		case <-c.wake:
-		case <-hb.C:
-			if rest := c.heartbeat - time.Since(lastWrite); rest > 0 {
-				hb.Reset(rest)
-				continue
-			}
-			hb.Reset(c.heartbeat)
-			c.wmu.Lock()
-			if len(c.wbuf) == 0 && !c.pending.active {
-				c.wbuf = append(c.wbuf, empty...)
-			}
-			c.wmu.Unlock()
-		}
-		c.wmu.Lock()
-		c.flushPendingLocked()
-		out := c.wbuf
-		c.wbuf = c.wspare[:0]
-		shutdown := c.shutdown
-		c.wcond.Broadcast()
-		c.wmu.Unlock()
-		if len(out) > 0 {
-			c.nc.SetWriteDeadline(time.Now().Add(max(c.cfg.IdleTimeout, 30*time.Second)))
-			_, err := c.nc.Write(out)
-			lastWrite = time.Now()
-			if err != nil {
-				c.wmu.Lock()
-				c.werr = err
-				c.wcond.Broadcast()
-				c.wmu.Unlock()
-				c.nc.Close()
-				return
-			}
-		}
-		c.wmu.Lock()
-		// Keep one spare buffer, but let a huge one go so an idle
-		// connection does not pin memory.
-		if cap(out) <= 256<<10 {
-			c.wspare = out[:0]
-		} else {
-			c.wspare = nil
-		}
-		more := len(c.wbuf) > 0 || c.pending.active
-		c.wmu.Unlock()
-		if shutdown && !more {
-			c.nc.Close()
-			return
-		}
-		if more {
-			c.signal()
-		}
-	}
+	c.appendLocked(frames.FrameAMQP, pd.channel, &c.dispScratch, nil)
 }
 
 // allocChannel picks our lowest free channel number. Caller holds c.mu.

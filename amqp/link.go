@@ -51,12 +51,15 @@ type Link struct {
 	nUnsettled   int
 	nextTag      uint64
 	peerMaxFrame uint32
+	tagScratch   [8]byte         // guarded by sendMu
+	trScratch    frames.Transfer // guarded by sendMu
 
 	attached bool
 	detached bool // we sent detach or the link is gone
 	goneFlag bool
 	gone     chan struct{}
 	onDetach func(*Error)
+	onGone   []func() // guarded by conn.mu
 	value    any
 }
 
@@ -200,6 +203,26 @@ func (l *Link) goneLocked(after *deferred, remoteErr *Error) {
 	if f := l.onDetach; f != nil && l.attached {
 		after.add(func() { f(remoteErr) })
 	}
+	for _, f := range l.onGone {
+		after.add(f)
+	}
+	l.onGone = nil
+}
+
+// OnGone registers f to run once when the link is gone (after OnDetach's
+// callback), or at once if it already is. Unlike OnDetach, any number may
+// be registered, from any goroutine and at any time: it is how code other
+// than the link's endpoint forgets a link without parking a goroutine on
+// Done for each one. f runs without engine locks held.
+func (l *Link) OnGone(f func()) {
+	l.conn.mu.Lock()
+	if l.goneFlag {
+		l.conn.mu.Unlock()
+		f()
+		return
+	}
+	l.onGone = append(l.onGone, f)
+	l.conn.mu.Unlock()
 }
 
 // signalCredit wakes everyone waiting on this link. Caller holds conn.mu.
@@ -446,30 +469,39 @@ func (l *Link) drainLocked() {
 	l.sess.sendFlowLocked(l)
 }
 
-// onTransferLocked assembles deliveries on a receiving link. Caller holds conn.mu.
-func (l *Link) onTransferLocked(t *frames.Transfer, after *deferred) {
+// onTransferLocked assembles deliveries on a receiving link. It returns a
+// complete delivery whose OnMessage callback the caller must run after
+// releasing conn.mu, or nil. Caller holds conn.mu.
+func (l *Link) onTransferLocked(t *frames.Transfer, after *deferred) *Delivery {
 	if l.detached {
-		return
+		return nil
 	}
 	if l.partial == nil {
 		if !t.HasDeliveryID {
 			l.closeLocked(after, NewError(ErrCondNotAllowed, "first transfer of a delivery without delivery-id"))
-			return
+			return nil
 		}
 		if l.linkCredit == 0 {
 			l.closeLocked(after, NewError(ErrCondTransferLimitExceeded, "transfer without link credit"))
-			return
+			return nil
 		}
 		l.linkCredit--
 		l.deliveryCount++
 		settled := t.Settled || l.sndSettle == frames.SenderSettleSettled
-		l.partial = &Delivery{
+		d := &Delivery{
 			link:    l,
 			ID:      t.DeliveryID,
-			Tag:     append([]byte(nil), t.DeliveryTag...),
 			Format:  t.MessageFormat,
 			Settled: settled,
 		}
+		// The tag lives in the delivery itself: one allocation per
+		// message instead of two (tags are at most 32 bytes by the spec).
+		if len(t.DeliveryTag) <= len(d.tag) {
+			d.Tag = d.tag[:copy(d.tag[:], t.DeliveryTag)]
+		} else {
+			d.Tag = append([]byte(nil), t.DeliveryTag...)
+		}
+		l.partial = d
 		l.partialOver = false
 	} else if t.Settled {
 		l.partial.Settled = true
@@ -479,13 +511,13 @@ func (l *Link) onTransferLocked(t *frames.Transfer, after *deferred) {
 		// The delivery consumed credit but never reaches the hub.
 		l.partial = nil
 		l.replenishLocked()
-		return
+		return nil
 	}
 	if uint64(len(d.Payload))+uint64(len(t.Payload)) > l.maxMessageSize && l.maxMessageSize > 0 {
 		l.partial = nil
 		l.closeLocked(after, NewError(ErrCondMessageSizeExceeded,
 			fmt.Sprintf("message exceeds the link's max-message-size of %d bytes", l.maxMessageSize)))
-		return
+		return nil
 	}
 	if d.Payload == nil && !t.More {
 		// Single-frame delivery: one exact-size copy out of the read buffer.
@@ -494,18 +526,20 @@ func (l *Link) onTransferLocked(t *frames.Transfer, after *deferred) {
 		d.Payload = append(d.Payload, t.Payload...)
 	}
 	if t.More {
-		return
+		return nil
 	}
 	l.partial = nil
 	l.outstanding++
 	if !d.Settled && l.rcvSettle == frames.ReceiverSettleSecond {
 		l.sess.unsettledIn[d.ID] = d
 	}
-	if cb := l.onMessage; cb != nil {
-		after.add(func() { cb(d) })
-	} else {
-		d.settleLocked(frames.Accepted{})
+	if l.onMessage != nil {
+		// The caller runs the callback once conn.mu is released; handing
+		// the delivery back costs nothing, a deferred closure allocates.
+		return d
 	}
+	d.settleLocked(frames.Accepted{})
+	return nil
 }
 
 // Delivery is a message received on a receiving link. Payload is the
@@ -514,6 +548,7 @@ type Delivery struct {
 	link    *Link
 	ID      uint32
 	Tag     []byte
+	tag     [32]byte // backs Tag
 	Format  uint32
 	Payload []byte
 	// Settled reports that the peer sent the delivery pre-settled: no
@@ -565,7 +600,7 @@ func (d *Delivery) settleLocked(state frames.DeliveryState) {
 	}
 	if !d.Settled && state != nil {
 		settled := l.rcvSettle == frames.ReceiverSettleFirst
-		l.conn.queueDisposition(l.sess.localChannel, &frames.Disposition{
+		l.conn.queueDisposition(l.sess.localChannel, frames.Disposition{
 			Role: frames.RoleReceiver, First: d.ID, Last: d.ID, Settled: settled, State: state,
 		})
 		if settled {
@@ -609,7 +644,7 @@ func (od *outDelivery) onDispositionLocked(s *Session, id uint32, d *frames.Disp
 	}
 	if !d.Settled && od.link.rcvSettle == frames.ReceiverSettleSecond {
 		// The peer decided but waits for us to settle first.
-		s.conn.queueDisposition(s.localChannel, &frames.Disposition{
+		s.conn.queueDisposition(s.localChannel, frames.Disposition{
 			Role: frames.RoleSender, First: id, Last: id, Settled: true, State: d.State,
 		})
 	}
@@ -685,7 +720,9 @@ func (l *Link) send(ctx context.Context, out *Outgoing, wait bool) error {
 	}
 	tag := out.Tag
 	if tag == nil {
-		tag = binary.BigEndian.AppendUint64(make([]byte, 0, 8), l.nextTag)
+		// The frame is encoded before sendMu is released, so one scratch
+		// tag per link serves every send.
+		tag = binary.BigEndian.AppendUint64(l.tagScratch[:0], l.nextTag)
 		l.nextTag++
 	}
 	id := s.nextDeliveryID
@@ -696,7 +733,10 @@ func (l *Link) send(ctx context.Context, out *Outgoing, wait bool) error {
 		s.unsettledOut[id] = &outDelivery{link: l, onSettled: out.OnSettled}
 		l.nUnsettled++
 	}
-	t := frames.Transfer{
+	// The transfer is encoded into the output buffer by queue, so a
+	// per-link scratch (guarded by sendMu) replaces an allocation per send.
+	t := &l.trScratch
+	*t = frames.Transfer{
 		Handle:           l.localHandle,
 		DeliveryID:       id,
 		HasDeliveryID:    true,
@@ -711,7 +751,7 @@ func (l *Link) send(ctx context.Context, out *Outgoing, wait bool) error {
 	for first := true; ; first = false {
 		if !first {
 			// Continuation frames carry only the handle.
-			t = frames.Transfer{Handle: l.localHandle}
+			*t = frames.Transfer{Handle: l.localHandle}
 			if err := l.waitLocked(ctx, true, func() bool { return s.remoteIncomingWindow > 0 }); err != nil {
 				// The delivery cannot be finished: abort it so the peer
 				// discards what it has.
@@ -734,7 +774,7 @@ func (l *Link) send(ctx context.Context, out *Outgoing, wait bool) error {
 		payload = payload[len(chunk):]
 		s.remoteIncomingWindow--
 		s.nextOutgoingID++
-		c.queue(frames.FrameAMQP, s.localChannel, &t, chunk)
+		c.queue(frames.FrameAMQP, s.localChannel, t, chunk)
 		if !t.More {
 			break
 		}

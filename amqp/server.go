@@ -6,8 +6,9 @@
 // # Concurrency
 //
 // Each connection has one reader goroutine (decodes frames, updates state,
-// calls the hub's callbacks) and one writer goroutine (owns the socket's
-// write side and coalesces queued frames into one write per wake-up).
+// calls the hub's callbacks) and, only while output is queued, one flusher
+// goroutine (owns the socket's write side and writes everything queued in
+// one write, or writev, per round; see outbuf.go).
 // Hub callbacks run on the reader goroutine: they must not block for long
 // and must not call Link.Send on the same connection (use TrySend, or hand
 // off to another goroutine). Lock order: Link.sendMu -> Conn.mu -> Conn.wmu.

@@ -244,9 +244,12 @@ func (s *Session) onTransfer(t *frames.Transfer) error {
 		after.run()
 		return nil
 	}
-	l.onTransferLocked(t, &after)
+	d := l.onTransferLocked(t, &after)
 	c.mu.Unlock()
 	after.run()
+	if d != nil {
+		l.onMessage(d)
+	}
 	return nil
 }
 
