@@ -277,10 +277,29 @@ func (lc *liveConn) fail(err error) {
 		lc.err = err
 		close(lc.done)
 		lc.cancel()
-		// Close waits for go-amqp's goroutines: not on the caller's time.
-		// Once the connector is closed nobody waits anyway.
-		if !lc.c.spawn(func() { lc.conn.Close() }) {
+		// go-amqp v1.7.0 can leave a Send blocked for ever when its
+		// connection dies in the middle of it (it then waits for the
+		// link's Close), so every link is closed too, which also returns
+		// at once on a dead connection.
+		lc.mu.Lock()
+		links := make([]closer, 0, len(lc.links)+2)
+		for _, l := range lc.links {
+			links = append(links, l.(closer))
+		}
+		lc.mu.Unlock()
+		if lc.cbs != nil {
+			links = append(links, lc.cbs.snd, lc.cbs.rcv)
+		}
+		release := func() {
 			lc.conn.Close()
+			for _, l := range links {
+				closeQuietly(l)
+			}
+		}
+		// Not on the caller's time; once the connector is closed nobody
+		// waits anyway.
+		if !lc.c.spawn(release) {
+			release()
 		}
 		if !errors.Is(err, ErrClosed) {
 			lc.c.cfg.log.Info("amqphub client: connection lost", "url", redactURL(lc.c.cfg.url), "err", err)

@@ -424,6 +424,10 @@ func (r *EventReader) readPartitionIDs(ctx context.Context) ([]string, error) {
 	tokenFn := r.s.ehToken(audience)
 	var ids []string
 	err := doRetry(ctx, r.eh, r.s.retry, r.s.log, "read partition ids", func(ctx context.Context, lc *liveConn) error {
+		// These links are not the connection's: bound them, since a Send
+		// of go-amqp v1.7.0 may not return when the connection dies.
+		ctx, cancel := context.WithTimeout(ctx, dialTimeout)
+		defer cancel()
 		if err := authorizeOnce(ctx, lc, audience, tokenFn); err != nil {
 			return err
 		}

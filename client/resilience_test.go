@@ -4,8 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -292,4 +295,125 @@ func TestReconnectAcrossHubRestart(t *testing.T) {
 // isRefused reports a failed dial of a stopped hub.
 func isRefused(err error) bool {
 	return err != nil && (strings.Contains(err.Error(), "connection refused") || strings.Contains(err.Error(), "connection reset"))
+}
+
+// faultProxy forwards TCP connections to a target and can cut them all at
+// once, as a network fault does (no AMQP close, no TLS close_notify).
+type faultProxy struct {
+	ln     net.Listener
+	target string
+	mu     sync.Mutex
+	conns  []net.Conn
+	cuts   atomic.Int64
+}
+
+func newFaultProxy(t *testing.T, target string) *faultProxy {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &faultProxy{ln: ln, target: target}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			up, err := net.Dial("tcp", target)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			p.mu.Lock()
+			p.conns = append(p.conns, c, up)
+			p.mu.Unlock()
+			go func() { io.Copy(up, c); up.Close() }()
+			go func() { io.Copy(c, up); c.Close() }()
+		}
+	}()
+	t.Cleanup(func() { ln.Close(); p.cut() })
+	return p
+}
+
+func (p *faultProxy) cut() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, c := range p.conns {
+		if tc, ok := c.(*net.TCPConn); ok {
+			tc.SetLinger(0) // RST, not FIN
+		}
+		c.Close()
+	}
+	p.conns = nil
+	p.cuts.Add(1)
+}
+
+// TestReconnectAfterNetworkFault cuts the device's TCP connections (RST)
+// several times while it sends: every send returns, those that returned
+// nil are stored, and handlers come back on the new connections.
+func TestReconnectAfterNetworkFault(t *testing.T) {
+	checkNoLeaks(t)
+	s := startHub(t, nil)
+	ctx := testCtx(t, 60*time.Second)
+	proxy := newFaultProxy(t, s.AMQPSAddr)
+	d := newDevice(t, s, "dev1", func(o *client.DeviceOptions) { o.Address = proxy.ln.Addr().String() })
+	svc := newService(t, s, nil)
+	if err := d.HandleMethod(ctx, "ping", func(context.Context, client.MethodRequest) (client.MethodResponse, error) {
+		return client.MethodResponse{Status: 200}, nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	var acked atomic.Int64
+	stop := make(chan struct{})
+	sendErr := make(chan error, 1)
+	go func() {
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				sendErr <- nil
+				return
+			default:
+			}
+			if err := d.SendEvent(ctx, &client.Message{Body: []byte(strconv.Itoa(i))}); err != nil {
+				sendErr <- fmt.Errorf("send %d: %w", i, err)
+				return
+			}
+			acked.Store(int64(i + 1))
+		}
+	}()
+	opened := s.Hub.Stats().ConnectionsOpened.Load()
+	for range 3 {
+		n := acked.Load()
+		waitFor(t, 20*time.Second, "sends between faults", func() bool { return acked.Load() >= n+20 })
+		proxy.cut()
+	}
+	n := acked.Load()
+	waitFor(t, 20*time.Second, "sends after the last fault", func() bool { return acked.Load() >= n+20 })
+	close(stop)
+	if err := <-sendErr; err != nil {
+		t.Fatal(err)
+	}
+	if got := s.Hub.Stats().ConnectionsOpened.Load() - opened; got < 3 {
+		t.Errorf("%d new connections after 3 faults", got)
+	}
+	total := int(acked.Load())
+	r, err := svc.NewEventReader(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	seen := map[int]bool{}
+	for len(seen) < total {
+		e, err := r.Receive(ctx)
+		if err != nil {
+			t.Fatalf("%d of %d acked messages found: %v", len(seen), total, err)
+		}
+		if n, err := strconv.Atoi(string(e.Body)); err == nil && n < total {
+			seen[n] = true
+		}
+	}
+	res, err := svc.InvokeMethod(ctx, "dev1", "", client.MethodCall{Name: "ping", ConnectTimeout: 10 * time.Second})
+	if err != nil || res.Status != 200 {
+		t.Fatalf("method after the faults: %v %+v", err, res)
+	}
 }
