@@ -10,6 +10,9 @@ import (
 	"time"
 
 	goamqp "github.com/Azure/go-amqp"
+
+	"amqphub/amqp/encoding"
+	"amqphub/amqp/frames"
 )
 
 // E2EConfig configures the end-to-end scenario.
@@ -46,7 +49,7 @@ func RunE2E(ctx context.Context, t *Target, cfg E2EConfig) (*Report, error) {
 	if cfg.MessageSize < 16 {
 		return nil, errors.New("loadgen: e2e messages need at least 16 bytes for the timestamp")
 	}
-	cons, err := openConsumer(ctx, t, cfg.ConsumerGroup, int32(cfg.Credit))
+	cons, err := openConsumer(ctx, t, cfg.Client, cfg.ConsumerGroup, cfg.Credit)
 	if err != nil {
 		return nil, err
 	}
@@ -81,11 +84,14 @@ func RunE2E(ctx context.Context, t *Target, cfg E2EConfig) (*Report, error) {
 }
 
 // consumer reads the messages the devices send: every partition of the
-// Event-Hub-compatible endpoint, or the generic target's address.
+// Event-Hub-compatible endpoint, or the generic target's address, with
+// go-amqp receivers or one raw connection.
 type consumer struct {
-	conn *goamqp.Conn
-	rcvs []*goamqp.Receiver
-	recs []*recorder
+	conn  *goamqp.Conn
+	rcvs  []*goamqp.Receiver
+	raw   *rawConn
+	addrs []string
+	recs  []*recorder
 
 	received atomic.Int64
 	dups     atomic.Int64
@@ -102,65 +108,135 @@ type consumer struct {
 	once     sync.Once
 }
 
-func openConsumer(ctx context.Context, t *Target, group string, credit int32) (*consumer, error) {
+func openConsumer(ctx context.Context, t *Target, client, group string, credit int) (*consumer, error) {
 	c := &consumer{}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	var login Login
-	var addrs []string
-	var opts goamqp.ReceiverOptions
 	switch {
 	case t.Hub != nil:
 		var err error
 		if login, err = t.Hub.ServiceLogin(); err != nil {
 			return nil, err
 		}
-		opts = goamqp.ReceiverOptions{
-			Credit:  credit,
-			Filters: []goamqp.LinkFilter{goamqp.NewSelectorFilter("amqp.annotation.x-opt-offset > '@latest'")},
+		// Partition ids come from the $management node.
+		conn, err := t.dialAMQP(ctx, login, true)
+		if err != nil {
+			return nil, err
+		}
+		ids, err := func() ([]string, error) {
+			sess, err := conn.NewSession(ctx, nil)
+			if err != nil {
+				return nil, fmt.Errorf("loadgen: consumer session: %w", err)
+			}
+			m, err := newEHManagement(ctx, sess)
+			if err != nil {
+				return nil, err
+			}
+			defer m.close(ctx)
+			return m.partitionIDs(ctx, t.Hub.entity())
+		}()
+		conn.Close()
+		if err != nil {
+			return nil, err
+		}
+		for _, p := range ids {
+			c.addrs = append(c.addrs, partitionAddress(t.Hub.entity(), group, p))
 		}
 	case t.Generic != nil:
 		login = t.Generic.Login
-		addrs = []string{t.Generic.Address}
-		opts = goamqp.ReceiverOptions{Credit: credit, SettlementMode: goamqp.ReceiverSettleModeFirst.Ptr()}
+		c.addrs = []string{t.Generic.Address}
 	default:
 		return nil, errors.New("loadgen: the target has neither Hub nor Generic set")
 	}
+	for range c.addrs {
+		c.recs = append(c.recs, newRecorder())
+	}
+	var err error
+	if client == ClientRaw {
+		err = c.openRaw(ctx, t, login, uint32(credit))
+	} else {
+		err = c.openGoAMQP(ctx, t, login, int32(credit))
+	}
+	if err != nil {
+		c.close()
+		return nil, err
+	}
+	return c, nil
+}
+
+// latestFilter starts an Event Hubs reader at the end of the stream.
+const latestFilter = "amqp.annotation.x-opt-offset > '@latest'"
+
+func (c *consumer) openGoAMQP(ctx context.Context, t *Target, login Login, credit int32) error {
+	opts := goamqp.ReceiverOptions{Credit: credit, SettlementMode: goamqp.ReceiverSettleModeFirst.Ptr()}
+	if t.Hub != nil {
+		opts.Filters = []goamqp.LinkFilter{goamqp.NewSelectorFilter(latestFilter)}
+	}
 	conn, err := t.dialAMQP(ctx, login, true)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	c.conn = conn
 	sess, err := conn.NewSession(ctx, nil)
 	if err != nil {
-		conn.Close()
-		return nil, fmt.Errorf("loadgen: consumer session: %w", err)
+		return fmt.Errorf("loadgen: consumer session: %w", err)
 	}
-	if t.Hub != nil {
-		m, err := newEHManagement(ctx, sess)
-		if err != nil {
-			conn.Close()
-			return nil, err
-		}
-		ids, err := m.partitionIDs(ctx, t.Hub.entity())
-		m.close(ctx)
-		if err != nil {
-			conn.Close()
-			return nil, err
-		}
-		for _, p := range ids {
-			addrs = append(addrs, partitionAddress(t.Hub.entity(), group, p))
-		}
-	}
-	for _, a := range addrs {
+	for _, a := range c.addrs {
 		r, err := sess.NewReceiver(ctx, a, &opts)
 		if err != nil {
-			conn.Close()
-			return nil, fmt.Errorf("loadgen: consumer attach %s: %w", a, err)
+			return fmt.Errorf("loadgen: consumer attach %s: %w", a, err)
 		}
 		c.rcvs = append(c.rcvs, r)
-		c.recs = append(c.recs, newRecorder())
 	}
-	return c, nil
+	return nil
+}
+
+func (c *consumer) openRaw(ctx context.Context, t *Target, login Login, credit uint32) error {
+	rc, err := rawDial(ctx, t, login, 64<<10)
+	if err != nil {
+		return err
+	}
+	c.raw = rc
+	var filter map[encoding.Symbol]any
+	if t.Hub != nil {
+		filter = selectorFilter(latestFilter)
+	}
+	for i, a := range c.addrs {
+		rec := c.recs[i]
+		var secs []frames.Section
+		if _, err := rc.attachReceiver(a, filter, credit, func(tr *frames.Transfer) {
+			if !tr.HasDeliveryID || tr.More {
+				return // the body is in the first frame of our small messages
+			}
+			now := time.Now()
+			var err error
+			if secs, err = frames.SplitSections(tr.Payload, secs[:0]); err != nil {
+				c.setErr(fmt.Errorf("loadgen: undecodable event: %w", err))
+				return
+			}
+			for _, sec := range secs {
+				if sec.Code == frames.CodeData {
+					var r encoding.Reader
+					r.Reset(sec.Raw)
+					if _, _, err := r.ReadDescriptor(); err == nil {
+						if body, err := r.ReadBinary(); err == nil {
+							c.deliver(body, now, rec)
+						}
+					}
+					return
+				}
+			}
+		}); err != nil {
+			return fmt.Errorf("loadgen: consumer attach %s: %w", a, err)
+		}
+	}
+	return nil
+}
+
+// selectorFilter is a source filter set holding an Event Hubs selector.
+func selectorFilter(expr string) map[encoding.Symbol]any {
+	const name = encoding.Symbol("apache.org:selector-filter:string")
+	return map[encoding.Symbol]any{name: &encoding.Described{Descriptor: name, Value: expr}}
 }
 
 // start begins receiving; workers is the number of sending workers.
@@ -172,6 +248,9 @@ func (c *consumer) start(workers int) {
 	for i, r := range c.rcvs {
 		c.wg.Add(1)
 		go c.receive(r, c.recs[i])
+	}
+	if c.raw != nil {
+		c.raw.start()
 	}
 }
 
@@ -189,24 +268,28 @@ func (c *consumer) receive(r *goamqp.Receiver, rec *recorder) {
 		// A no-op for pre-settled events (the Event-Hub-compatible
 		// endpoint's); settles a broker's queue deliveries.
 		r.AcceptMessage(c.ctx, m)
-		body := m.GetData()
-		if len(body) < 16 {
-			continue // not one of ours
-		}
-		t0 := time.Unix(0, int64(binary.BigEndian.Uint64(body[0:8])))
-		w := int(binary.BigEndian.Uint32(body[8:12]))
-		seq := int64(binary.BigEndian.Uint32(body[12:16]))
-		if w >= len(c.last) {
-			continue
-		}
-		if prev := c.last[w].Load(); seq <= prev {
-			c.dups.Add(1)
-			continue
-		}
-		c.last[w].Store(seq)
-		rec.record(now.Sub(t0))
-		c.received.Add(1)
+		c.deliver(m.GetData(), now, rec)
 	}
+}
+
+// deliver accounts one received body that arrived at now.
+func (c *consumer) deliver(body []byte, now time.Time, rec *recorder) {
+	if len(body) < 16 {
+		return // not one of ours
+	}
+	t0 := time.Unix(0, int64(binary.BigEndian.Uint64(body[0:8])))
+	w := int(binary.BigEndian.Uint32(body[8:12]))
+	seq := int64(binary.BigEndian.Uint32(body[12:16]))
+	if w >= len(c.last) {
+		return
+	}
+	if prev := c.last[w].Load(); seq <= prev {
+		c.dups.Add(1)
+		return
+	}
+	c.last[w].Store(seq)
+	rec.record(now.Sub(t0))
+	c.received.Add(1)
 }
 
 func (c *consumer) setErr(err error) {
@@ -220,6 +303,17 @@ func (c *consumer) setErr(err error) {
 func (c *consumer) err() error {
 	c.errMu.Lock()
 	defer c.errMu.Unlock()
+	if c.firstErr == nil && c.raw != nil {
+		select {
+		case <-c.raw.readerDone:
+			c.raw.mu.Lock()
+			defer c.raw.mu.Unlock()
+			if c.ctx.Err() == nil {
+				return c.raw.err
+			}
+		default:
+		}
+	}
 	return c.firstErr
 }
 
@@ -227,6 +321,11 @@ func (c *consumer) close() {
 	c.once.Do(func() {
 		c.cancel()
 		c.wg.Wait()
-		c.conn.Close()
+		if c.conn != nil {
+			c.conn.Close()
+		}
+		if c.raw != nil {
+			c.raw.close()
+		}
 	})
 }

@@ -207,12 +207,7 @@ func readRaw(ctx context.Context, t *Target, login Login, addr, selector string,
 	var lastErr error
 	var n int64
 	start := time.Now()
-	filter := map[encoding.Symbol]any{
-		"apache.org:selector-filter:string": &encoding.Described{
-			Descriptor: encoding.Symbol("apache.org:selector-filter:string"), Value: selector,
-		},
-	}
-	_, err = c.attachReceiver(addr, filter, credit, func(tr *frames.Transfer) {
+	_, err = c.attachReceiver(addr, selectorFilter(selector), credit, func(tr *frames.Transfer) {
 		if !tr.HasDeliveryID {
 			return // a continuation frame
 		}
