@@ -162,7 +162,10 @@ func TestBadConfigIsAnError(t *testing.T) {
 			_, err := loadgen.RunD2C(ctx, tg, loadgen.D2CConfig{Client: "carrier-pigeon", Duration: time.Millisecond})
 			return err
 		}},
-		{"nothing listening", func() error { _, err := loadgen.RunD2C(ctx, tg, loadgen.D2CConfig{Duration: time.Millisecond}); return err }},
+		{"nothing listening", func() error {
+			_, err := loadgen.RunD2C(ctx, tg, loadgen.D2CConfig{Duration: time.Millisecond})
+			return err
+		}},
 		{"generic target without address", func() error {
 			_, err := loadgen.RunD2C(ctx, &loadgen.Target{Addr: "127.0.0.1:1", Generic: &loadgen.Generic{}}, loadgen.D2CConfig{})
 			return err
