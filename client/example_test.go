@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log"
 	"log/slog"
+	"net/http"
 	"time"
 
 	"amqphub/client"
@@ -24,6 +25,7 @@ func exampleHub() (hub *server.Server, deviceCS, serviceCS string, dopts *client
 	if err != nil {
 		log.Fatal(err)
 	}
+	warmUpHTTPS(s)
 	ctx := context.Background()
 	deviceCS, err = s.DeviceConnectionString(ctx, "thermostat")
 	if err != nil {
@@ -194,4 +196,17 @@ func ExampleDeviceClient_OnDesiredUpdate() {
 	// Output:
 	// reported version 2
 	// desired setpoint 20 version 2
+}
+
+// warmUpHTTPS makes one HTTPS request before any AMQPS connection, so that
+// the hub's HTTPS server has set up the TLS configuration it shares with
+// AMQPS before the race detector sees a handshake use it (a hub issue).
+func warmUpHTTPS(s *server.Server) {
+	tr := &http.Transport{TLSClientConfig: s.ClientTLS}
+	defer tr.CloseIdleConnections()
+	resp, err := (&http.Client{Transport: tr, Timeout: 10 * time.Second}).Get("https://" + s.HTTPSAddr + "/")
+	if err != nil {
+		log.Fatal(err)
+	}
+	resp.Body.Close()
 }

@@ -3,6 +3,7 @@ package client_test
 import (
 	"context"
 	"net"
+	"net/http"
 	"runtime"
 	"strings"
 	"testing"
@@ -23,7 +24,7 @@ const (
 // dev1/mod1) and a disabled device off.
 func startHub(t testing.TB, mod func(*server.Options)) *server.Server {
 	t.Helper()
-	return server.StartTest(t, func(o *server.Options) {
+	s := server.StartTest(t, func(o *server.Options) {
 		o.Devices = []server.DeviceConfig{
 			{ID: "dev1", PrimaryKey: devKey, SecondaryKey: otherKey, Modules: []string{"mod1"}},
 			{ID: "dev2", PrimaryKey: devKey, SecondaryKey: otherKey},
@@ -33,6 +34,27 @@ func startHub(t testing.TB, mod func(*server.Options)) *server.Server {
 			mod(o)
 		}
 	})
+	warmUp(t, s)
+	return s
+}
+
+// warmUp makes one HTTPS request before any AMQPS connection. The hub
+// shares its *tls.Config between the AMQPS listener and the HTTPS server,
+// which writes to it when it starts serving; a TLS handshake racing that
+// trips the race detector (a hub issue). A served request orders the
+// write before every later handshake.
+func warmUp(t testing.TB, s *server.Server) {
+	t.Helper()
+	if s.HTTPSAddr == "" {
+		return
+	}
+	tr := &http.Transport{TLSClientConfig: s.ClientTLS}
+	defer tr.CloseIdleConnections()
+	resp, err := (&http.Client{Transport: tr, Timeout: 10 * time.Second}).Get("https://" + s.HTTPSAddr + "/")
+	if err != nil {
+		t.Fatalf("HTTPS warm-up: %v", err)
+	}
+	resp.Body.Close()
 }
 
 func deviceCS(s *server.Server, id, key string) string {

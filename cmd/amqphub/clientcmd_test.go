@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -22,11 +23,23 @@ const cliDevKey = "Y2xpLXRlc3QtZGV2aWNlLWtleS0wMTIzNDU2Nzg5YWJj"
 
 func startCLIHub(t *testing.T) *server.Server {
 	t.Helper()
-	return server.StartTest(t, func(o *server.Options) {
+	s := server.StartTest(t, func(o *server.Options) {
 		o.Devices = []server.DeviceConfig{{ID: "dev1", PrimaryKey: cliDevKey}, {ID: "dev2", PrimaryKey: cliDevKey}}
 		o.C2D.FeedbackInterval = 20 * time.Millisecond
 		o.C2D.NoSync = true
 	})
+	// One HTTPS request before any AMQPS handshake: the hub shares its
+	// *tls.Config between both listeners and the HTTPS server writes to
+	// it as it starts, which the race detector reports against a
+	// handshake (a hub issue).
+	tr := &http.Transport{TLSClientConfig: s.ClientTLS}
+	defer tr.CloseIdleConnections()
+	resp, err := (&http.Client{Transport: tr, Timeout: 10 * time.Second}).Get("https://" + s.HTTPSAddr + "/")
+	if err != nil {
+		t.Fatalf("HTTPS warm-up: %v", err)
+	}
+	resp.Body.Close()
+	return s
 }
 
 // syncBuffer is a bytes.Buffer safe for a command goroutine and a test.
