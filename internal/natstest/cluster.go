@@ -164,14 +164,15 @@ func (c *Cluster) URLs() string {
 	return strings.Join(urls, ",")
 }
 
-// Node returns the node with the given server name, or nil.
-func (c *Cluster) Node(name string) *Node {
-	for _, nd := range c.Nodes {
+// Index returns the index in Nodes of the node with the given server
+// name, or -1.
+func (c *Cluster) Index(name string) int {
+	for i, nd := range c.Nodes {
 		if nd.Name == name {
-			return nd
+			return i
 		}
 	}
-	return nil
+	return -1
 }
 
 // Start starts node i (again, after Kill: same ports and store).

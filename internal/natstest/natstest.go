@@ -28,11 +28,26 @@ const readyTimeout = 30 * time.Second
 // when the test ends.
 func RunServer(tb testing.TB, mods ...func(*server.Options)) *server.Server {
 	tb.Helper()
+	s, err := StartServer(tb.TempDir(), mods...)
+	if err != nil {
+		tb.Fatalf("natstest: %v", err)
+	}
+	tb.Cleanup(func() {
+		s.Shutdown()
+		s.WaitForShutdown()
+	})
+	return s
+}
+
+// StartServer is RunServer for code without a testing.TB (benchmark
+// fixtures shared by several benchmarks): it stores in storeDir, and the
+// caller shuts the server down.
+func StartServer(storeDir string, mods ...func(*server.Options)) (*server.Server, error) {
 	opts := &server.Options{
 		Host:      "127.0.0.1",
 		Port:      -1,
 		JetStream: true,
-		StoreDir:  tb.TempDir(),
+		StoreDir:  storeDir,
 		NoLog:     true,
 		NoSigs:    true,
 	}
@@ -41,17 +56,14 @@ func RunServer(tb testing.TB, mods ...func(*server.Options)) *server.Server {
 	}
 	s, err := server.NewServer(opts)
 	if err != nil {
-		tb.Fatalf("natstest: new server: %v", err)
+		return nil, fmt.Errorf("new server: %w", err)
 	}
 	go s.Start()
-	tb.Cleanup(func() {
-		s.Shutdown()
-		s.WaitForShutdown()
-	})
 	if !s.ReadyForConnections(readyTimeout) {
-		tb.Fatalf("natstest: embedded server not ready within %v", readyTimeout)
+		s.Shutdown()
+		return nil, fmt.Errorf("embedded server not ready within %v", readyTimeout)
 	}
-	return s
+	return s, nil
 }
 
 // Connect connects to url (one URL or a comma-separated list) and closes

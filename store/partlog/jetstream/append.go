@@ -49,9 +49,11 @@ type partition struct {
 	bytes  int       // payload bytes in flight
 	space  chan struct{}
 
-	stamp    int64 // latest enqueued time stamped or seen: the floor of the next stamp
-	last     int64 // highest durable sequence number known, -1 if none
-	lastTime int64 // enqueued time of last
+	scratch  []byte // the message being published (the client copies it)
+	stamp    int64  // latest enqueued time stamped or seen: the floor of the next stamp
+	last     int64  // highest durable sequence number known, -1 if none
+	lastTime int64  // enqueued time of last, if lastKnown
+	lastOK   bool   // lastTime is known
 	notify   chan struct{}
 
 	watch watcher
@@ -96,10 +98,24 @@ func (p *partition) observeLocked(seq, t int64) {
 		p.stamp = t
 	}
 	if seq > p.last {
-		p.last, p.lastTime = seq, t
+		p.last, p.lastTime, p.lastOK = seq, t, true
+		close(p.notify)
+		p.notify = make(chan struct{})
+	} else if seq == p.last && !p.lastOK {
+		p.lastTime, p.lastOK = t, true
+	}
+}
+
+// observeSeq records that seq is durable without knowing its time (the
+// watcher sees headers only).
+func (p *partition) observeSeq(seq int64) {
+	p.mu.Lock()
+	if seq > p.last {
+		p.last, p.lastOK = seq, false
 		close(p.notify)
 		p.notify = make(chan struct{})
 	}
+	p.mu.Unlock()
 }
 
 // tail returns the highest durable sequence number this Log knows of.
@@ -171,15 +187,11 @@ func (l *Log) appendAsync(ctx context.Context, partition int, payload []byte, do
 	id := p.nextID
 	now := l.opts.Now().UnixMilli()
 	stamp := max(now, p.stamp)
-	msg := &nats.Msg{
-		Subject: p.subject,
-		Reply:   p.ackBase + strconv.FormatUint(id, 10),
-		Header:  nats.Header{hdrEnqueued: []string{strconv.FormatInt(stamp, 10)}},
-		Data:    payload,
-	}
+	p.scratch = putRecord(p.scratch, stamp, payload)
 	// Publishing under the lock keeps the wire order equal to the order of
-	// ids and stamps; the client copies payload into its buffer here.
-	if err := l.nc.PublishMsg(msg); err != nil {
+	// ids and stamps; the client copies the message into its buffer here,
+	// so scratch is free again when PublishRequest returns.
+	if err := l.nc.PublishRequest(p.subject, p.ackBase+strconv.FormatUint(id, 10), p.scratch); err != nil {
 		p.mu.Unlock()
 		return fmt.Errorf("jetstream: partition %d: publish: %w", partition, err)
 	}

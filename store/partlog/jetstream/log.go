@@ -118,9 +118,6 @@ const (
 	formatValue    = "partlog/1"
 )
 
-// hdrEnqueued carries a record's enqueued time in Unix milliseconds.
-const hdrEnqueued = "Amqphub-Enqueued-Time"
-
 // Log is a partlog.Log on NATS JetStream. Create it with Open.
 type Log struct {
 	nc         *nats.Conn
@@ -170,13 +167,13 @@ func Open(ctx context.Context, nc *nats.Conn, opts Options) (*Log, error) {
 		reads:   map[uint64]chan *nats.Msg{},
 		closing: make(chan struct{}),
 	}
-	limit := int(nc.MaxPayload()) - headerReserve
+	limit := int(nc.MaxPayload()) - recordPrefix
 	switch {
 	case o.MaxPayload == 0:
 		l.maxPayload = max(limit, 0)
 	case o.MaxPayload > limit:
-		return nil, fmt.Errorf("jetstream: max payload %d exceeds the server's limit %d (max_payload %d less %d for headers)",
-			o.MaxPayload, limit, nc.MaxPayload(), headerReserve)
+		return nil, fmt.Errorf("jetstream: max payload %d exceeds the server's limit %d (max_payload %d less the %d-byte record prefix)",
+			o.MaxPayload, limit, nc.MaxPayload(), recordPrefix)
 	default:
 		l.maxPayload = o.MaxPayload
 	}

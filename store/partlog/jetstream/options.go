@@ -23,11 +23,6 @@ const (
 	DefaultMaxReadBytes     = 4 << 20
 )
 
-// headerReserve is subtracted from the connection's max payload to get the
-// default MaxPayload: NATS counts headers in its limit, and ours (one
-// enqueued-time header plus the NATS/1.0 preamble) fit well within it.
-const headerReserve = 256
-
 // Options configure a Log. The zero value of every field but Partitions
 // selects a default.
 type Options struct {
@@ -65,8 +60,8 @@ type Options struct {
 	RetentionBytes int64
 
 	// MaxPayload is the largest payload accepted (default: the server's
-	// max_payload less 256 bytes for headers). Larger payloads fail with
-	// partlog.ErrPayloadTooLarge before anything is sent.
+	// max_payload less the 9-byte record prefix). Larger payloads fail
+	// with partlog.ErrPayloadTooLarge before anything is sent.
 	MaxPayload int
 
 	// MaxInFlight bounds, per partition, the appends sent but not yet

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"strconv"
 	"time"
 
@@ -111,37 +112,19 @@ func decodeDirect(m *nats.Msg) (rawRecord, error) {
 	if err != nil || seq == 0 {
 		return rawRecord{}, fmt.Errorf("direct get reply without a valid Nats-Sequence header (%q)", m.Header.Get("Nats-Sequence"))
 	}
-	t, err := enqueuedTime(m.Header, func() (time.Time, error) {
+	t, payload, err := parseRecord(m.Data, func() (time.Time, error) {
 		return time.Parse(time.RFC3339Nano, m.Header.Get("Nats-Time-Stamp"))
 	})
 	if err != nil {
 		return rawRecord{}, fmt.Errorf("stream sequence %d: %w", seq, err)
 	}
-	return rawRecord{jsSeq: seq, enqueued: t, payload: m.Data}, nil
-}
-
-// enqueuedTime reads the log's header, or falls back to the stream's
-// timestamp for a message that something else published.
-func enqueuedTime(h nats.Header, streamTime func() (time.Time, error)) (int64, error) {
-	if v := h.Get(hdrEnqueued); v != "" {
-		t, err := strconv.ParseInt(v, 10, 64)
-		if err != nil || t < 0 {
-			return 0, fmt.Errorf("invalid %s header %q", hdrEnqueued, v)
-		}
-		return t, nil
-	}
-	ts, err := streamTime()
-	if err != nil {
-		return 0, fmt.Errorf("no %s header and no valid stream timestamp: %w", hdrEnqueued, err)
-	}
-	return ts.UnixMilli(), nil
+	return rawRecord{jsSeq: seq, enqueued: t, payload: payload}, nil
 }
 
 // msgGetResponse is the answer of the message-get API.
 type msgGetResponse struct {
 	Message *struct {
 		Seq  uint64    `json:"seq"`
-		Hdrs []byte    `json:"hdrs"`
 		Data []byte    `json:"data"`
 		Time time.Time `json:"time"`
 	} `json:"message"`
@@ -172,17 +155,11 @@ func (p *partition) leaderGet(jsSeq uint64, next bool) (rawRecord, bool, error) 
 		return rawRecord{}, false, fmt.Errorf("jetstream: partition %d: message get returned no message", p.id)
 	}
 	msg := resp.Message
-	var h nats.Header
-	if len(msg.Hdrs) > 0 {
-		if h, err = nats.DecodeHeadersMsg(msg.Hdrs); err != nil {
-			return rawRecord{}, false, fmt.Errorf("jetstream: partition %d: stream sequence %d: headers: %w", p.id, msg.Seq, err)
-		}
-	}
-	t, err := enqueuedTime(h, func() (time.Time, error) { return msg.Time, nil })
+	t, payload, err := parseRecord(msg.Data, func() (time.Time, error) { return msg.Time, nil })
 	if err != nil {
 		return rawRecord{}, false, fmt.Errorf("jetstream: partition %d: stream sequence %d: %w", p.id, msg.Seq, err)
 	}
-	return rawRecord{jsSeq: msg.Seq, enqueued: t, payload: msg.Data}, true, nil
+	return rawRecord{jsSeq: msg.Seq, enqueued: t, payload: payload}, true, nil
 }
 
 // getOne returns the record at stream sequence jsSeq. A replica that does
@@ -302,7 +279,7 @@ func (st streamState) bounds() (begin, next int64) {
 func (p *partition) lastEnqueued(st streamState) (int64, error) {
 	last := int64(st.LastSeq) - 1
 	p.mu.Lock()
-	if p.last == last {
+	if p.last == last && p.lastOK {
 		t := p.lastTime
 		p.mu.Unlock()
 		return t, nil
@@ -376,6 +353,39 @@ func (l *Log) SeekOffset(partition int, offset int64) (int64, error) {
 // 9999); later start times skip the server's time index.
 const maxHintMillis = 253402300799999
 
+// The first records stored at or after a seek time, by the server's clock,
+// are fetched in one batch: the appender stamps a record before the server
+// stores it, so under load the answer is usually a few records past the
+// server's first.
+const (
+	seekWindow      = 64
+	seekWindowBytes = 64 << 10
+)
+
+// timeWindow returns up to seekWindow consecutive records starting with
+// the first one the server stored at or after t.
+func (p *partition) timeWindow(t int64) ([]rawRecord, error) {
+	at := time.UnixMilli(t).UTC()
+	var out []rawRecord
+	var decErr error
+	_, err := p.l.directGet(p.direct, directReq{StartTime: &at, Batch: seekWindow, MaxBytes: seekWindowBytes}, func(m *nats.Msg) bool {
+		rec, err := decodeDirect(m)
+		if err != nil {
+			decErr = err
+			return false
+		}
+		if len(out) > 0 && rec.jsSeq != out[len(out)-1].jsSeq+1 {
+			return false // keep the window consecutive
+		}
+		out = append(out, rec)
+		return len(out) < seekWindow
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, decErr
+}
+
 // SeekTime returns the first retained sequence number whose enqueued time
 // is >= t. The server's time index gives a first guess, which a galloping
 // and then binary search over the enqueued-time headers checks and
@@ -403,41 +413,35 @@ func (l *Log) SeekTime(partition int, t int64) (int64, error) {
 		}
 		return rec.enqueued >= t, nil
 	}
-	// Invariant: the answer is in [lo, hi].
-	guess, known, guessOK := hi, false, false
+	// Invariant: the answer is in [lo, hi]. Galloping starts at guess:
+	// backwards when hi == guess, else forwards from lo == guess+1.
+	guess := hi
 	switch {
 	case t <= 0:
-		guess = lo
+		return lo, nil // every enqueued time is >= 0
 	case t <= maxHintMillis:
-		at := time.UnixMilli(t).UTC()
-		var rec rawRecord
-		var decErr error
-		found, err := l.directGet(p.direct, directReq{StartTime: &at}, func(m *nats.Msg) bool {
-			rec, decErr = decodeDirect(m)
-			return false
-		})
+		window, err := p.timeWindow(t)
 		if err != nil {
 			return 0, fmt.Errorf("jetstream: partition %d: seek time %d: %w", partition, t, err)
 		}
-		if decErr != nil {
-			return 0, fmt.Errorf("jetstream: partition %d: seek time %d: %w", partition, t, decErr)
+		if len(window) == 0 {
+			break // nothing stored at or after t by the server's clock
 		}
-		if found {
-			guess = int64(rec.jsSeq) - 1
-			known, guessOK = true, rec.enqueued >= t
-		}
-	}
-	guess = min(max(guess, lo), hi)
-	if guess < hi {
-		if !known {
-			if guessOK, err = atOrAfter(guess); err != nil {
-				return 0, err
+		i := slices.IndexFunc(window, func(r rawRecord) bool { return r.enqueued >= t })
+		switch {
+		case i > 0:
+			// Consecutive records on both sides of t: the answer, or hi
+			// if it was appended after the state was read.
+			return min(int64(window[i].jsSeq)-1, hi), nil
+		case i == 0:
+			hi = min(hi, int64(window[0].jsSeq)-1)
+			guess = hi
+		default:
+			guess = min(int64(window[len(window)-1].jsSeq)-1, hi)
+			lo = max(lo, guess+1)
+			if lo >= hi {
+				return hi, nil
 			}
-		}
-		if guessOK {
-			hi = guess
-		} else {
-			lo = guess + 1
 		}
 	}
 	// Gallop away from the guess to bracket the answer.

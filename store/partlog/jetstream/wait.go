@@ -110,12 +110,7 @@ func (p *partition) onWatch(m jetstream.Msg) {
 		p.l.opts.Logger.Warn("jetstream: partition watcher got a message without metadata", "partition", p.id, "err", err)
 		return
 	}
-	t, err := enqueuedTime(m.Headers(), func() (time.Time, error) { return md.Timestamp, nil })
-	if err != nil {
-		p.l.opts.Logger.Warn("jetstream: partition watcher", "partition", p.id, "stream_seq", md.Sequence.Stream, "err", err)
-		t = md.Timestamp.UnixMilli()
-	}
-	p.observe(int64(md.Sequence.Stream)-1, t)
+	p.observeSeq(int64(md.Sequence.Stream) - 1)
 }
 
 // stopWatch stops the watcher and deletes its consumer rather than leave
