@@ -206,7 +206,9 @@ func TestHandshakeDeadline(t *testing.T) {
 			}
 			start := time.Now()
 			c.expectEOF()
-			if d := time.Since(start); d > 5*time.Second {
+			// 200 ms deadline; the bound is loose because CI machines
+			// running the race detector on two cores can be very slow.
+			if d := time.Since(start); d > 9*time.Second {
 				t.Fatalf("hung up after %v", d)
 			}
 		})

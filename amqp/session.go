@@ -163,13 +163,11 @@ func (s *Session) onFlow(f *frames.Flow) error {
 	if f.HasHandle {
 		l = s.links[f.Handle]
 		if l == nil {
-			if _, closing := s.detaching[f.Handle]; closing {
-				c.mu.Unlock()
-				return nil
-			}
-			s.endWithErrorLocked(&after, ErrCondUnattachedHandle, "flow for an unattached handle")
+			// A flow can cross our detach on the wire (go-amqp sends one
+			// right after answering a detach that follows an attach, as
+			// with redirects): it carries no data, so ignore it rather than
+			// end the whole session.
 			c.mu.Unlock()
-			after.run()
 			return nil
 		}
 		l.onFlowLocked(f, &after)

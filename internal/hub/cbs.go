@@ -167,23 +167,31 @@ func (cs *ConnState) cbsReplyLink(req *amqp.Link, replyTo string) *amqp.Link {
 	return any
 }
 
-// audienceCovers reports whether a token for resource authorizes the CBS
-// audience name. Both are normalised the same way: any scheme and port
-// dropped, URL-decoded (SDKs send encoded and raw forms), host compared
-// without case, no trailing slash. The resource must equal the audience or
-// be a path prefix of it (a hub-wide token covers a device audience).
+// audienceCovers reports whether a token for resource (its sr, already
+// URL-decoded once by auth) authorizes the CBS audience name. SDKs send the
+// name URL-encoded (Node, C#) or raw (C), and '%' is legal in ids, so the
+// name is tried decoded and as sent. Any scheme and port are dropped, the
+// host is compared without case, trailing slashes ignored. The resource
+// must equal the audience or be a path prefix of it (a hub-wide token
+// covers a device audience).
 func audienceCovers(resource, name string) bool {
-	r, n := normAudience(resource), normAudience(name)
-	if r == "" || n == "" {
+	r := normAudience(resource)
+	if r == "" {
 		return false
 	}
-	return n == r || strings.HasPrefix(n, r+"/")
+	cands := []string{name}
+	if d, err := url.QueryUnescape(name); err == nil && d != name {
+		cands = append(cands, d)
+	}
+	for _, c := range cands {
+		if n := normAudience(c); n != "" && (n == r || strings.HasPrefix(n, r+"/")) {
+			return true
+		}
+	}
+	return false
 }
 
 func normAudience(s string) string {
-	if d, err := url.QueryUnescape(s); err == nil {
-		s = d
-	}
 	if i := strings.Index(s, "://"); i >= 0 {
 		s = s[i+3:]
 	}

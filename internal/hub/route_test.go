@@ -52,6 +52,9 @@ func TestAudienceCovers(t *testing.T) {
 		{"hub.example/devices/d1", "hub.example", false},
 		{"sb://hub.example/myhub", "sb://hub.example/myhub/ConsumerGroups/$default/Partitions/0", true},
 		{"other.example", "hub.example", false},
+		// An id with a literal "%41": the encoded name decodes to the id.
+		{"hub.example/devices/a%41b", "hub.example%2Fdevices%2Fa%2541b", true},
+		{"hub.example/devices/a%41b", "hub.example/devices/a%41b", true},
 	}
 	for _, tc := range tests {
 		if got := audienceCovers(tc.resource, tc.name); got != tc.want {

@@ -287,7 +287,9 @@ func (s *Server) start() error {
 		mux.Handle("/", s.REST)
 		s.https = &http.Server{
 			Handler:           mux,
-			TLSConfig:         tlsCfg,
+			// The HTTP server adds ALPN protocols to its config as it
+			// starts: give it its own copy, the AMQPS listener shares tlsCfg.
+			TLSConfig:         tlsCfg.Clone(),
 			ReadHeaderTimeout: 10 * time.Second,
 			ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 		}
