@@ -7,8 +7,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
-	"runtime/debug"
 	"strings"
 	"sync"
 	"syscall"
@@ -38,27 +36,27 @@ func ServerBinary(tb testing.TB) string {
 }
 
 func buildServer() (string, error) {
-	version := "unknown"
-	if bi, ok := debug.ReadBuildInfo(); ok {
-		for _, d := range bi.Deps {
-			if d.Path == serverModule {
-				version = d.Version
-			}
-		}
+	goBin, err := exec.LookPath("go")
+	if err != nil {
+		return "", fmt.Errorf("the go command, needed to build nats-server, is not on PATH: %w", err)
+	}
+	// Test binaries carry no module versions, so ask the go command which
+	// version the module in the working directory requires.
+	out, err := exec.Command(goBin, "list", "-m", "-f", "{{.Version}}", serverModule).Output()
+	if err != nil {
+		return "", fmt.Errorf("go list -m %s: %w", serverModule, err)
+	}
+	version := strings.TrimSpace(string(out))
+	if version == "" || strings.ContainsAny(version, `/\ `) {
+		return "", fmt.Errorf("go list -m %s: unexpected version %q", serverModule, version)
 	}
 	dir := filepath.Join(os.TempDir(), "amqphub-natstest")
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return "", fmt.Errorf("create %s: %w", dir, err)
 	}
 	path := filepath.Join(dir, "nats-server-"+version)
-	if version != "unknown" {
-		if _, err := os.Stat(path); err == nil {
-			return path, nil
-		}
-	}
-	goBin, err := exec.LookPath("go")
-	if err != nil {
-		goBin = filepath.Join(runtime.GOROOT(), "bin", "go")
+	if _, err := os.Stat(path); err == nil {
+		return path, nil
 	}
 	// Build under a temporary name and rename, so that test binaries
 	// running at the same time never execute a half-written file.
@@ -69,10 +67,10 @@ func buildServer() (string, error) {
 	_ = tmp.Close()
 	defer os.Remove(tmp.Name())
 	cmd := exec.Command(goBin, "build", "-o", tmp.Name(), serverModule)
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
+	var log bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &log, &log
 	if err := cmd.Run(); err != nil {
-		return "", fmt.Errorf("go build %s: %w\n%s", serverModule, err, out.String())
+		return "", fmt.Errorf("go build %s: %w\n%s", serverModule, err, log.String())
 	}
 	if err := os.Rename(tmp.Name(), path); err != nil {
 		return "", fmt.Errorf("install nats-server binary: %w", err)
@@ -127,7 +125,9 @@ func StartCluster(tb testing.TB, n int) *Cluster {
 	if n < 1 {
 		tb.Fatalf("natstest: cluster of %d nodes", n)
 	}
+	start := time.Now()
 	c := &Cluster{tb: tb, bin: ServerBinary(tb), name: "amqphub-test"}
+	built := time.Since(start)
 	ports := freePorts(tb, 2*n)
 	base := tb.TempDir()
 	for i := range n {
@@ -151,6 +151,7 @@ func StartCluster(tb testing.TB, n int) *Cluster {
 		WaitJetStream(tb, nc)
 		nc.Close()
 	}
+	tb.Logf("natstest: %d-node cluster ready in %v (binary %v)", n, time.Since(start).Round(time.Millisecond), built.Round(time.Millisecond))
 	return c
 }
 

@@ -285,7 +285,6 @@ func (p *partition) parseAck(m *nats.Msg) (pubAck, error) {
 
 // sweep fails appends whose acknowledgement is overdue.
 func (l *Log) sweep() {
-	defer l.bg.Done()
 	tick := min(max(l.opts.AckTimeout/10, 10*time.Millisecond), time.Second)
 	t := time.NewTicker(tick)
 	defer t.Stop()

@@ -48,6 +48,9 @@ func streamLeader(t *testing.T, nc *nats.Conn, stream string) string {
 // a stream of appends, after which every acknowledged record must be
 // there with the number and payload it was acknowledged with.
 func TestCluster(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a 3-node cluster and waits out a leader election (about 20 s)")
+	}
 	c := natstest.StartCluster(t, 3)
 	stream, subject := uniquePrefix()
 	opts := Options{
@@ -64,6 +67,7 @@ func TestCluster(t *testing.T) {
 	setup := natstest.Connect(t, c.URLs())
 	first := openTest(t, setup, opts)
 	leader0 := streamLeader(t, setup, first.streamName(0))
+	t.Logf("stream leaders: partition 0 on %s, partition 1 on %s", leader0, streamLeader(t, setup, first.streamName(1)))
 
 	// One Log per node, as one hub node each.
 	logs := make([]*Log, len(c.Nodes))
@@ -185,6 +189,7 @@ func TestCluster(t *testing.T) {
 
 		// Read back through a survivor other than the appender.
 		reader := logs[(victim+2)%len(logs)]
+		stored := make([][]partlog.Record, opts.Partitions)
 		for p := range opts.Partitions {
 			recs := readAll(t, reader, p, 0)
 			bySeq := map[int64]partlog.Record{}
@@ -211,6 +216,26 @@ func TestCluster(t *testing.T) {
 				}
 			}
 			t.Logf("partition %d: %d records stored, %d acknowledged", p, len(recs), len(as))
+			stored[p] = recs
+		}
+
+		// The killed node comes back, catches up, and a Log connected to
+		// it reads the same records as the survivors.
+		c.Start(victim)
+		back := openTest(t, natstest.Connect(t, c.Nodes[victim].ClientURL()), opts)
+		for p := range opts.Partitions {
+			waitFor(t, "the restarted node to serve the same records", func() bool {
+				got := readAll(t, back, p, 0)
+				if len(got) != len(stored[p]) {
+					return false
+				}
+				for i := range got {
+					if got[i].Entry != stored[p][i].Entry || !bytes.Equal(got[i].Payload, stored[p][i].Payload) {
+						t.Fatalf("partition %d: restarted node reads %+v at %d, survivor %+v", p, got[i].Entry, i, stored[p][i].Entry)
+					}
+				}
+				return true
+			})
 		}
 	})
 }

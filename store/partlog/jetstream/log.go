@@ -35,11 +35,12 @@
 // JetStream's own message timestamp is not returned in the publish
 // acknowledgement and is the stream leader's wall clock, which can go back
 // across a leader change or a clock step. The appender therefore stamps
-// each record with a header (Amqphub-Enqueued-Time, Unix ms) holding
-// max(now, the latest enqueued time it has seen in the partition): its own
-// stamps and the records it observed through acknowledgements, reads,
-// Info and tail watching. The stamp is stored with the record, so every
-// node reads the same time.
+// each record with max(now, the latest enqueued time it has seen in the
+// partition): its own stamps and the records it observed through
+// acknowledgements, reads and Info. The stamp is stored in front of the
+// payload (a 9-byte prefix, see format.go), so every node reads the same
+// time, and a reopened Log continues from the last stored stamp even if
+// the clock went back.
 //
 // Limits: the time is non-decreasing within a partition as long as one Log
 // at a time appends to it (one hub node per partition). When several nodes
@@ -47,9 +48,9 @@
 // in which the stream receives their records decide, so a record can carry
 // an earlier time than its predecessor by up to the nodes' clock skew;
 // SeekTime then finds a record within that skew. A message published to
-// the subject by something else than a Log has no header; it is read with
-// the stream's timestamp. After a restart, a partition whose records have
-// all expired reports the stream's timestamp of its last message as
+// the subject by something else than a Log has no prefix; it is read whole,
+// with the stream's timestamp. After a restart, a partition whose records
+// have all expired reports the stream's timestamp of its last message as
 // LastEnqueuedTime (the appender's stamp is gone with the record).
 //
 // # Appends and durability
@@ -61,34 +62,38 @@
 // by the log, because a retry could overtake later records. What an
 // acknowledgement means is JetStream's: on one server with file storage
 // the record has been written to the stream's block file but is fsynced
-// only every sync_interval (2 minutes by default), so a process crash
-// loses nothing while a power cut can lose the last interval; with R3 in a
-// cluster a quorum of replicas holds it, so a single node failure loses
-// nothing. The embedded backend (seglog) instead fsyncs before
-// acknowledging. An append that fails with a timeout or a lost connection
+// only every sync_interval (2 minutes by default), so a crash of the
+// process loses nothing while a power cut can lose the last interval; with
+// R3 in a cluster a quorum of replicas (2 of 3) has it, each fsyncing on
+// the same interval, so losing any one node loses nothing, and only a
+// power cut of a quorum at once can lose the last interval. The embedded
+// backend (seglog) instead fsyncs before acknowledging. An append that fails with a timeout or a lost connection
 // may still have been stored; it then appears in the partition although
 // its done reported an error (at least once, never lost).
 //
 // # Reads
 //
 // Read uses batched direct gets ($JS.API.DIRECT.GET), which any replica
-// may answer. A replica can lag the leader for a moment, so when a direct
-// get finds nothing where this Log knows a durable record exists, Read
-// asks the stream leader (the message get API) for it, and an
-// acknowledged record is readable at once from the node that appended it.
-// Records appended through other nodes become visible once the answering
-// replica has them. SeekTime asks the server for the first record stored
-// at or after the time (JetStream's own time index) and checks and
-// corrects that guess against the enqueued-time headers with a few more
-// gets (a galloping then binary search, so a bad guess costs O(log n)
-// gets, never a scan). Info asks the stream leader for the stream state.
+// may answer (NATS prefers the nearest). A replica can lag the leader for
+// a moment, so when a direct get finds nothing where this Log knows a
+// durable record exists (from its own acknowledgements or its tail
+// watcher), Read asks the stream leader (the message get API) for it: an
+// acknowledged record is readable at once from the node that appended it,
+// and a waiter woken for a record can read it. SeekTime fetches, in one
+// batch, the records from the first one the server stored at or after the
+// time (JetStream's own time index) and looks for the answer among their
+// stamps; when it is not there, a galloping then binary search over single
+// gets finds it, so a bad guess costs O(log n) gets, never a scan.
+// SeekOffset is arithmetic on the stream's bounds, and Info asks the
+// stream leader for them.
 //
 // # Tail readers
 //
 // Wait is served by one headers-only ordered consumer per partition,
 // started at the partition's first Wait, that delivers each stored
-// record's sequence number to the Log as the stream stores it; this Log's
-// own acknowledgements wake waiters too. Nothing polls.
+// record's sequence number (not its payload) to the Log as the stream
+// stores it; this Log's own acknowledgements wake waiters too. Nothing
+// polls.
 package jetstream
 
 import (
@@ -139,7 +144,24 @@ type Log struct {
 	closed    atomic.Bool
 	closing   chan struct{}
 	closeOnce sync.Once
+	bgMu      sync.Mutex // orders goroutine starts before Close's wait
+	bgClosed  bool
 	bg        sync.WaitGroup
+}
+
+// goBackground runs fn on a goroutine that Close waits for, unless Close
+// has begun.
+func (l *Log) goBackground(fn func()) {
+	l.bgMu.Lock()
+	defer l.bgMu.Unlock()
+	if l.bgClosed {
+		return
+	}
+	l.bg.Add(1)
+	go func() {
+		defer l.bg.Done()
+		fn()
+	}()
 }
 
 var _ partlog.Log = (*Log)(nil)
@@ -203,8 +225,7 @@ func Open(ctx context.Context, nc *nats.Conn, opts Options) (*Log, error) {
 			return nil, err
 		}
 	}
-	l.bg.Add(1)
-	go l.sweep()
+	l.goBackground(l.sweep)
 	return l, nil
 }
 
@@ -388,6 +409,9 @@ func (l *Log) Close() error {
 			p.stopWatch()
 		}
 		l.unsubscribe()
+		l.bgMu.Lock()
+		l.bgClosed = true
+		l.bgMu.Unlock()
 		l.bg.Wait()
 	})
 	return nil

@@ -51,14 +51,10 @@ func (l *Log) Wait(ctx context.Context, partition int, afterSeq int64) error {
 // the background until the consumer exists, so a waiter is not failed by a
 // leader election; meanwhile this Log's own appends still wake it.
 func (p *partition) startWatch() {
-	p.watch.once.Do(func() {
-		p.l.bg.Add(1)
-		go p.runWatch()
-	})
+	p.watch.once.Do(func() { p.l.goBackground(p.runWatch) })
 }
 
 func (p *partition) runWatch() {
-	defer p.l.bg.Done()
 	backoff := 50 * time.Millisecond
 	for {
 		err := p.tryWatch()
