@@ -158,21 +158,25 @@ func (c *Conn) Close(err *Error) {
 	time.AfterFunc(5*time.Second, func() { c.nc.Close() })
 }
 
-// run drives the connection until it ends.
-func (c *Conn) run() {
+// run performs the handshake on the accepting goroutine, then hands the
+// connection to a fresh goroutine for the rest of its life. The TLS and
+// SASL handshake runs deep call stacks (key exchange, signatures, token
+// checks); a goroutine that ran them keeps a stack of 16-32 KiB until the
+// collector slowly shrinks it, while the long-lived reader needs a fraction
+// of that. finish runs once when the connection has ended.
+func (c *Conn) run(finish func()) {
 	var err error
+	handedOff := false
 	defer func() {
-		if r := recover(); r != nil {
-			// A bug in one connection's handling must not take the process
-			// down: contain it, log it, and end only this connection.
-			c.log.Error("amqp: panic in connection handling", "panic", r, "stack", string(debug.Stack()))
-			err = fmt.Errorf("internal error: %v", r)
-			c.Close(NewError(ErrCondInternalError, "internal error"))
+		if handedOff {
+			return
 		}
+		c.contain(recover(), &err)
+		c.rd.release()
 		c.teardown(err)
+		finish()
 	}()
 	c.rd.init(c.nc)
-	defer c.rd.release()
 	c.nc.SetDeadline(time.Now().Add(c.cfg.HandshakeTimeout))
 	if err = c.limitedHandshake(); err != nil {
 		var sf errSASLFailed
@@ -185,12 +189,36 @@ func (c *Conn) run() {
 		return
 	}
 	c.nc.SetDeadline(time.Time{})
+	handedOff = true
+	go c.serve(finish)
+}
+
+// serve runs the open connection until it ends.
+func (c *Conn) serve(finish func()) {
+	var err error
+	defer func() {
+		c.contain(recover(), &err)
+		c.rd.release()
+		c.teardown(err)
+		finish()
+	}()
 	c.wmu.Lock()
 	c.writerAlive = true
 	c.kickLocked()
 	c.wmu.Unlock()
 	c.startHeartbeat()
 	err = c.readLoop()
+}
+
+// contain handles what recover returned in a connection's goroutine: a
+// bug in one connection's handling must not take the process down, so a
+// panic is logged and ends only this connection.
+func (c *Conn) contain(r any, err *error) {
+	if r != nil {
+		c.log.Error("amqp: panic in connection handling", "panic", r, "stack", string(debug.Stack()))
+		*err = fmt.Errorf("internal error: %v", r)
+		c.Close(NewError(ErrCondInternalError, "internal error"))
+	}
 }
 
 func isClosedErr(err error) bool {

@@ -234,13 +234,12 @@ func (s *Server) serveConn(nc net.Conn) *Conn {
 	s.conns[c] = struct{}{}
 	s.wg.Add(1)
 	s.mu.Unlock()
-	go func() {
-		defer s.wg.Done()
-		c.run()
+	go c.run(func() {
 		s.mu.Lock()
 		delete(s.conns, c)
 		s.mu.Unlock()
-	}()
+		s.wg.Done()
+	})
 	return c
 }
 

@@ -54,6 +54,7 @@ type benchFlags struct {
 	hubName  string
 	ehName   string
 	pid      int
+	pprof    string
 	sources  string
 	dataDir  string
 	parts    int
@@ -66,7 +67,6 @@ type benchFlags struct {
 	messages  int
 	partition int
 	credit    int
-	consumers int
 	links     string
 }
 
@@ -88,6 +88,7 @@ func benchCmd(args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&f.hubName, "hub-name", "", "hub name in SASL user names (default: the host name)")
 	fs.StringVar(&f.ehName, "event-hub", "", "name of the hub's Event-Hub-compatible entity (default: the hub name; \"amqphub\" for localhost)")
 	fs.IntVar(&f.pid, "hub-pid", 0, "process id of the server under test (a hub or broker on this machine): reports its CPU use, and the connections scenario its VmRSS")
+	fs.StringVar(&f.pprof, "hub-pprof", "", "connections: base URL of the hub's pprof endpoint (amqphub serve with AMQPHUB_PPROF_ADDR), to split its memory into live heap and stacks")
 	fs.StringVar(&f.sources, "source-ips", "", "local addresses to dial from, e.g. 127.0.0.2-127.0.0.9 or 127.0.0.2,127.0.0.3 (each gives ~28k ports)")
 	fs.StringVar(&f.dataDir, "data-dir", "", "in-process hub: data directory (default: a temporary one, removed at exit)")
 	fs.IntVar(&f.parts, "partitions", 4, "in-process hub: telemetry partitions")
@@ -162,6 +163,9 @@ func benchCmd(args []string, stdout, stderr io.Writer) error {
 		if err != nil {
 			return err
 		}
+		if f.pprof != "" {
+			cfg.Breakdown = loadgen.PprofMemory(f.pprof)
+		}
 		rep, err = loadgen.RunConnections(ctx, tg, cfg)
 	case "read":
 		rep, err = loadgen.RunRead(ctx, tg, loadgen.ReadConfig{
@@ -178,6 +182,7 @@ func benchCmd(args []string, stdout, stderr io.Writer) error {
 	if inproc != nil {
 		rep.Target = "in-process amqphub, " + rep.Target
 	}
+	rep.LoadAverage = loadgen.LoadAverage()
 	if f.hub.json {
 		return rep.WriteJSON(stdout)
 	}

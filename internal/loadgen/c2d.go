@@ -188,6 +188,7 @@ func (r *c2dRun) run(ctx context.Context) *Report {
 		}
 		return line
 	})
+	cpu := startCPU(r.t.HubPID)
 	receipts := make(chan c2dReceipt, 4096)
 	var wwg sync.WaitGroup
 	wwg.Add(1)
@@ -229,6 +230,8 @@ func (r *c2dRun) run(ctx context.Context) *Report {
 		time.Sleep(10 * time.Millisecond)
 	}
 	stop()
+	var cpuRep Report
+	cpu.stop(&cpuRep)
 	last := time.Unix(0, r.lastFeedback.Load())
 	el := last.Sub(start).Seconds()
 	if el <= 0 {
@@ -257,6 +260,8 @@ func (r *c2dRun) run(ctx context.Context) *Report {
 		Latency:         summarize(merged(r.recs)),
 		DeliveryLatency: summarize(merged(r.drecs)),
 		Errors:          r.errs.all(),
+		HubCores:        cpuRep.HubCores,
+		LoadgenCores:    cpuRep.LoadgenCores,
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"runtime"
 	"strconv"
@@ -36,6 +37,10 @@ type ConnectionsConfig struct {
 	// reads. Nil skips the memory figures.
 	Memory       func() (int64, error)
 	MemorySource string
+	// Breakdown, if set, returns the hub's live Go heap and goroutine
+	// stack bytes (after a collection), read after Memory each time; the
+	// report then splits the growth per connection into the two.
+	Breakdown func() (heap, stack int64, err error)
 	// Progress receives a status line every second; nil for none.
 	Progress io.Writer
 }
@@ -85,6 +90,12 @@ func RunConnections(ctx context.Context, t *Target, cfg ConnectionsConfig) (*Rep
 			return nil, fmt.Errorf("loadgen: reading the hub's memory: %w", err)
 		}
 	}
+	var heap0, stack0 int64
+	if cfg.Breakdown != nil {
+		if heap0, stack0, err = cfg.Breakdown(); err != nil {
+			return nil, fmt.Errorf("loadgen: reading the hub's heap and stacks: %w", err)
+		}
+	}
 	held := make([]func(), len(ids))
 	rec := newRecorder()
 	var opened atomic.Int64
@@ -121,6 +132,15 @@ func RunConnections(ctx context.Context, t *Target, cfg ConnectionsConfig) (*Rep
 			err = fmt.Errorf("loadgen: reading the hub's memory: %w", err)
 		} else if rep.Opened > 0 {
 			rep.BytesPerConn = float64(rep.HubLoaded-rep.HubBaseline) / float64(rep.Opened)
+		}
+	}
+	if err == nil && cfg.Breakdown != nil && rep.Opened > 0 {
+		heap, stack, berr := cfg.Breakdown()
+		if berr != nil {
+			err = fmt.Errorf("loadgen: reading the hub's heap and stacks: %w", berr)
+		} else {
+			rep.HeapPerConn = float64(heap-heap0) / float64(rep.Opened)
+			rep.StackPerConn = float64(stack-stack0) / float64(rep.Opened)
 		}
 	}
 	stop()
@@ -214,6 +234,57 @@ func ProcessRSS(pid int) (int64, error) {
 		return 0, fmt.Errorf("loadgen: reading /proc/%d/status: %w", pid, err)
 	}
 	return 0, fmt.Errorf("loadgen: /proc/%d/status has no VmRSS line", pid)
+}
+
+// PprofMemory returns a function that reads the live heap and goroutine
+// stack bytes of a Go process serving net/http/pprof at base (such as
+// http://127.0.0.1:6060, for a hub started with AMQPHUB_PPROF_ADDR). Each
+// read forces a collection in that process, so take RSS first.
+func PprofMemory(base string) func() (heap, stack int64, err error) {
+	url := strings.TrimSuffix(base, "/") + "/debug/pprof/heap?debug=1&gc=1"
+	return func() (int64, int64, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+		if err != nil {
+			return 0, 0, err
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return 0, 0, fmt.Errorf("loadgen: %w", err)
+		}
+		defer resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return 0, 0, fmt.Errorf("loadgen: GET %s: %s", url, resp.Status)
+		}
+		return parseMemStats(resp.Body)
+	}
+}
+
+// parseMemStats reads "# HeapAlloc = N" and "# Stack = inuse / sys" from a
+// debug=1 heap profile.
+func parseMemStats(r io.Reader) (heap, stack int64, err error) {
+	var gotHeap, gotStack bool
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if v, ok := strings.CutPrefix(line, "# HeapAlloc = "); ok {
+			heap, err = strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+			gotHeap = err == nil
+		} else if v, ok := strings.CutPrefix(line, "# Stack = "); ok {
+			in, _, _ := strings.Cut(v, "/")
+			stack, err = strconv.ParseInt(strings.TrimSpace(in), 10, 64)
+			gotStack = err == nil
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return 0, 0, fmt.Errorf("loadgen: reading memory statistics: %w", err)
+	}
+	if !gotHeap || !gotStack {
+		return 0, 0, errors.New("loadgen: the heap profile has no HeapAlloc or Stack line")
+	}
+	return heap, stack, nil
 }
 
 // InProcessMemory returns the memory this process's Go runtime holds

@@ -79,3 +79,16 @@ func TestErrorSetKeepsFirstDistinct(t *testing.T) {
 }
 
 func errRejectedf(i int) error { return &errRejected{desc: string(rune('0' + i))} }
+
+func TestParseMemStats(t *testing.T) {
+	in := "heap profile: 1: 2 [3: 4] @ heap/1048576\n# runtime.MemStats\n# Alloc = 10\n# HeapAlloc = 123456\n# Stack = 65536 / 65536\n"
+	heap, stack, err := parseMemStats(strings.NewReader(in))
+	if err != nil || heap != 123456 || stack != 65536 {
+		t.Fatalf("heap %d, stack %d, err %v", heap, stack, err)
+	}
+	for _, bad := range []string{"", "# HeapAlloc = 1\n", "# HeapAlloc = x\n# Stack = 1 / 1\n"} {
+		if _, _, err := parseMemStats(strings.NewReader(bad)); err == nil {
+			t.Errorf("%q: no error", bad)
+		}
+	}
+}

@@ -64,8 +64,6 @@ type rawLink struct {
 	handle      uint32
 	peerHandle  uint32
 	sender      bool
-	attached    bool
-	detachErr   error
 	deliveryCnt uint32
 	credit      uint32
 	tr          frames.Transfer
@@ -541,17 +539,6 @@ func (c *rawConn) flushAcceptLocked(l *rawLink) {
 		Role: frames.RoleReceiver, First: l.pendFirst, Last: l.pendLast, HasLast: true,
 		Settled: true, State: frames.Accepted{},
 	}, nil)
-}
-
-// flushAccepts sends pending accepts now (a consumer going idle).
-func (c *rawConn) flushAccepts() {
-	c.mu.Lock()
-	for _, l := range c.byHandle {
-		if !l.sender {
-			c.flushAcceptLocked(l)
-		}
-	}
-	c.mu.Unlock()
 }
 
 // flowLocked grants a receiving link its credit. Caller holds mu.

@@ -136,6 +136,7 @@ func RunRead(ctx context.Context, t *Target, cfg ReadConfig) (*Report, error) {
 	})
 	var el time.Duration
 	var lastSeq int64
+	cpu := startCPU(t.HubPID)
 	switch cfg.Client {
 	case ClientRaw:
 		el, lastSeq, err = readRaw(ctx, t, login, addr, selector, uint32(cfg.Credit), want, &got)
@@ -146,26 +147,30 @@ func RunRead(ctx context.Context, t *Target, cfg ReadConfig) (*Report, error) {
 	if err != nil {
 		return nil, err
 	}
+	var cpuRep Report
+	cpu.stop(&cpuRep)
 	if lastSeq != after {
 		return nil, fmt.Errorf("loadgen: the read ended at sequence number %d, the partition's last is %d", lastSeq, after)
 	}
 	n := got.Load()
 	return &Report{
-		Scenario:    "read",
-		Target:      t.String(),
-		Client:      clientName(cfg.Client),
-		Started:     frep.Started,
-		Connections: fill.Connections,
-		MessageSize: cfg.MessageSize,
-		TLS:         t.TLS != nil,
-		Seconds:     el.Seconds(),
-		Sent:        frep.Sent,
-		Accepted:    frep.Accepted,
-		Received:    n,
-		MsgsPerSec:  float64(n) / el.Seconds(),
-		MBPerSec:    float64(n) * float64(cfg.MessageSize) / el.Seconds() / 1e6,
-		FillPerSec:  frep.MsgsPerSec,
-		Errors:      frep.Errors,
+		Scenario:     "read",
+		Target:       t.String(),
+		Client:       clientName(cfg.Client),
+		Started:      frep.Started,
+		Connections:  fill.Connections,
+		MessageSize:  cfg.MessageSize,
+		TLS:          t.TLS != nil,
+		Seconds:      el.Seconds(),
+		Sent:         frep.Sent,
+		Accepted:     frep.Accepted,
+		Received:     n,
+		MsgsPerSec:   float64(n) / el.Seconds(),
+		MBPerSec:     float64(n) * float64(cfg.MessageSize) / el.Seconds() / 1e6,
+		FillPerSec:   frep.MsgsPerSec,
+		Errors:       frep.Errors,
+		HubCores:     cpuRep.HubCores,
+		LoadgenCores: cpuRep.LoadgenCores,
 	}, nil
 }
 

@@ -4,7 +4,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"os"
 	"slices"
+	"strings"
 	"sync"
 	"text/tabwriter"
 	"time"
@@ -62,13 +64,21 @@ type Report struct {
 	LoadgenCores float64 `json:"loadgen_cpu_cores,omitempty"`
 
 	// Connections scenario.
-	Opened         int      `json:"opened,omitempty"`
-	OpenPerSec     float64  `json:"open_per_sec,omitempty"`
-	HubMemory      string   `json:"hub_memory_source,omitempty"`
-	HubBaseline    int64    `json:"hub_baseline_bytes,omitempty"`
-	HubLoaded      int64    `json:"hub_loaded_bytes,omitempty"`
-	BytesPerConn   float64  `json:"hub_bytes_per_connection,omitempty"`
+	Opened       int     `json:"opened,omitempty"`
+	OpenPerSec   float64 `json:"open_per_sec,omitempty"`
+	HubMemory    string  `json:"hub_memory_source,omitempty"`
+	HubBaseline  int64   `json:"hub_baseline_bytes,omitempty"`
+	HubLoaded    int64   `json:"hub_loaded_bytes,omitempty"`
+	BytesPerConn float64 `json:"hub_bytes_per_connection,omitempty"`
+	// HeapPerConn and StackPerConn split the growth into the hub's live Go
+	// heap and goroutine stacks (ConnectionsConfig.Breakdown).
+	HeapPerConn    float64  `json:"hub_heap_bytes_per_connection,omitempty"`
+	StackPerConn   float64  `json:"hub_stack_bytes_per_connection,omitempty"`
 	ConnectLatency *Latency `json:"connect_latency,omitempty"`
+
+	// LoadAverage is the machine's 1-minute load average when the report
+	// was made: on a shared machine it says how much else was running.
+	LoadAverage string `json:"load_average,omitempty"`
 
 	// Errors holds the first few distinct errors seen.
 	Errors []string `json:"errors,omitempty"`
@@ -131,7 +141,14 @@ func (r *Report) WriteText(w io.Writer) error {
 		row(latencyLabel(r.Scenario), "%s", l)
 	}
 	if r.HubCores > 0 {
-		row("cpu", "hub %.2f cores, load generator %.2f cores", r.HubCores, r.LoadgenCores)
+		perMsg := ""
+		if n := max(r.Accepted, r.Received, r.Feedback); r.Scenario != "connections" && n > 0 && r.Seconds > 0 {
+			if r.Scenario == "read" {
+				n = r.Received
+			}
+			perMsg = fmt.Sprintf(" (hub %.2f µs of CPU per message)", r.HubCores*r.Seconds/float64(n)*1e6)
+		}
+		row("cpu", "hub %.2f cores, load generator %.2f cores%s", r.HubCores, r.LoadgenCores, perMsg)
 	} else if r.LoadgenCores > 0 {
 		row("cpu", "%.2f cores (this process)", r.LoadgenCores)
 	}
@@ -154,10 +171,30 @@ func (r *Report) WriteText(w io.Writer) error {
 		row("hub memory", "%s: %.1f MiB before, %.1f MiB with the connections open", r.HubMemory, mib(r.HubBaseline), mib(r.HubLoaded))
 		row("per connection", "%.1f KiB", r.BytesPerConn/1024)
 	}
+	if r.HeapPerConn != 0 || r.StackPerConn != 0 {
+		row("of which", "%.1f KiB live Go heap, %.1f KiB goroutine stacks", r.HeapPerConn/1024, r.StackPerConn/1024)
+	}
+	if r.LoadAverage != "" {
+		row("load average", "%s", r.LoadAverage)
+	}
 	for _, e := range r.Errors {
 		row("error", "%s", e)
 	}
 	return tw.Flush()
+}
+
+// LoadAverage returns /proc/loadavg's 1-, 5- and 15-minute figures, or ""
+// where there is none.
+func LoadAverage() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return ""
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return ""
+	}
+	return strings.Join(f[:3], " ")
 }
 
 func latencyLabel(scenario string) string {
