@@ -47,6 +47,7 @@ import (
 	"amqphub/amqp/frames"
 	"amqphub/internal/auth"
 	"amqphub/internal/sas"
+	"amqphub/store/partlog"
 	"amqphub/store/partlog/seglog"
 )
 
@@ -308,15 +309,16 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		return nil, err
 	}
 	c = nil
-	parts, err := readLog(filepath.Join(cfg.DataDir, "telemetry"))
+	check := newD2CCheck(r.ledger, &r.problems)
+	logDigests, err := readLog(filepath.Join(cfg.DataDir, "telemetry"), check)
 	if err != nil {
 		return nil, err
 	}
-	rep.D2C = verifyD2C(r.ledger, parts, &r.problems)
+	rep.D2C = check.finish()
 	if ehErr != nil {
 		r.problems.addf("reading the Event-Hub-compatible endpoint: %v", ehErr)
 	} else {
-		rep.D2C.EventHubRead, rep.D2C.EventHubMismatch = compareEventHub(parts, eh, &r.problems)
+		rep.D2C.EventHubRead, rep.D2C.EventHubMismatch = compareDigests(logDigests, eh, &r.problems)
 	}
 	r.twins.mu.Lock()
 	r.twinReport.Updates, r.twinReport.Acked = r.twins.updates, r.twins.ackedN
@@ -437,8 +439,8 @@ func probeC2D(ctx context.Context, spec ChildSpec) (string, bool) {
 
 // readEventHub reads every partition from its start through the
 // Event-Hub-compatible endpoint, up to the last sequence number the
-// partition reports.
-func readEventHub(ctx context.Context, spec ChildSpec) ([][]storedRecord, error) {
+// partition reports, and returns their digests.
+func readEventHub(ctx context.Context, spec ChildSpec) ([]partDigest, error) {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Minute)
 	defer cancel()
 	c, err := ownerConn(ctx, spec)
@@ -450,7 +452,7 @@ func readEventHub(ctx context.Context, spec ChildSpec) ([][]storedRecord, error)
 	if err != nil {
 		return nil, err
 	}
-	out := make([][]storedRecord, spec.Partitions)
+	out := make([]partDigest, spec.Partitions)
 	for p := 0; p < spec.Partitions; p++ {
 		last, err := lastSeq(ctx, s, p)
 		if err != nil {
@@ -475,7 +477,7 @@ func readEventHub(ctx context.Context, spec ChildSpec) ([][]storedRecord, error)
 			if m.Properties != nil {
 				id, _ = m.Properties.MessageID.(string)
 			}
-			out[p] = append(out[p], storedRecord{Seq: seq, ID: id})
+			out[p].add(seq, id)
 			if seq >= last {
 				break
 			}
@@ -519,18 +521,20 @@ func lastSeq(ctx context.Context, s *goamqp.Session, p int) (int64, error) {
 	return last, nil
 }
 
-// readLog reads every record of the telemetry log in dir.
-func readLog(dir string) ([][]storedRecord, error) {
+// readLog streams every record of the telemetry log in dir through check
+// and returns the partitions' digests.
+func readLog(dir string, check *d2cCheck) ([]partDigest, error) {
 	lg, err := seglog.Open(dir, seglog.Options{})
 	if err != nil {
 		return nil, fmt.Errorf("soak: open the telemetry log: %w", err)
 	}
 	defer lg.Close()
-	out := make([][]storedRecord, lg.Partitions())
+	out := make([]partDigest, lg.Partitions())
+	var recs []partlog.Record
 	for p := range out {
 		var next int64
 		for {
-			recs, err := lg.Read(p, next, 1000, 0, nil)
+			recs, err = lg.Read(p, next, 1000, 0, recs[:0])
 			if err != nil {
 				return nil, fmt.Errorf("soak: read partition %d: %w", p, err)
 			}
@@ -546,7 +550,8 @@ func readLog(dir string) ([][]storedRecord, error) {
 				if m.Properties != nil {
 					id, _ = m.Properties.MessageID.(string)
 				}
-				out[p] = append(out[p], storedRecord{Seq: rec.Seq, ID: id})
+				check.add(p, rec.Seq, id)
+				out[p].add(rec.Seq, id)
 				next = rec.Seq + 1
 			}
 		}

@@ -1,7 +1,9 @@
 package soak
 
 import (
+	"encoding/binary"
 	"fmt"
+	"hash/fnv"
 	"sort"
 	"strconv"
 	"strings"
@@ -12,9 +14,11 @@ import (
 type msgState uint8
 
 const (
+	// stUnsent: a slot for a message number not sent (yet).
+	stUnsent msgState = iota
 	// stSent: sent, outcome unknown (in flight when the hub died, or the
 	// connection broke before the outcome arrived). Storing it is allowed.
-	stSent msgState = iota
+	stSent
 	// stAcked: the hub accepted it: it must be stored exactly once.
 	stAcked
 	// stRejected: the hub rejected it: it must not be stored.
@@ -22,15 +26,19 @@ const (
 )
 
 // ledger records every D2C message sent and its outcome. Message ids are
-// "<device>#<n>" with n increasing per device across the whole soak, so a
-// message is never sent twice.
+// "<device>#<n>" with n counting from 0 per device across the whole soak,
+// so a message is never sent twice and the state fits in one byte per
+// message (a long soak sends tens of millions).
 type ledger struct {
 	mu                    sync.Mutex
-	msgs                  map[string]msgState
+	devs                  map[string][]msgState // device -> state by n
+	other                 map[string]msgState   // ids of another shape (tests)
 	sent, acked, rejected int64
 }
 
-func newLedger() *ledger { return &ledger{msgs: make(map[string]msgState)} }
+func newLedger() *ledger {
+	return &ledger{devs: map[string][]msgState{}, other: map[string]msgState{}}
+}
 
 func msgID(dev string, n int64) string { return dev + "#" + strconv.FormatInt(n, 10) }
 
@@ -41,29 +49,64 @@ func parseID(id string) (dev string, n int64, ok bool) {
 		return "", 0, false
 	}
 	n, err := strconv.ParseInt(id[i+1:], 10, 64)
-	return id[:i], n, err == nil
+	return id[:i], n, err == nil && n >= 0
+}
+
+// slot returns where the state of a soak-shaped id lives (grow extends
+// the device's slice); nil if it has no slot. Caller holds l.mu.
+func (l *ledger) slot(dev string, n int64, grow bool) *msgState {
+	states := l.devs[dev]
+	if n >= int64(len(states)) {
+		if !grow {
+			return nil
+		}
+		states = append(states, make([]msgState, n+1-int64(len(states)))...)
+		l.devs[dev] = states
+	}
+	return &states[n]
 }
 
 func (l *ledger) markSent(id string) {
 	l.mu.Lock()
-	l.msgs[id] = stSent
-	l.sent++
-	l.mu.Unlock()
-}
-
-func (l *ledger) mark(id string, st msgState) {
-	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.msgs[id] != stSent {
+	l.sent++
+	if dev, n, ok := parseID(id); ok {
+		*l.slot(dev, n, true) = stSent
 		return
 	}
-	l.msgs[id] = st
-	switch st {
+	l.other[id] = stSent
+}
+
+// mark records id's outcome; only the first outcome counts.
+func (l *ledger) mark(id string, to msgState) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if st, _ := l.state(id); st != stSent {
+		return
+	}
+	if dev, n, ok := parseID(id); ok {
+		*l.slot(dev, n, false) = to
+	} else {
+		l.other[id] = to
+	}
+	switch to {
 	case stAcked:
 		l.acked++
 	case stRejected:
 		l.rejected++
 	}
+}
+
+// state returns id's state (stUnsent if never sent). Caller holds l.mu.
+func (l *ledger) state(id string) (msgState, bool) {
+	if dev, n, ok := parseID(id); ok {
+		if st := l.slot(dev, n, false); st != nil && *st != stUnsent {
+			return *st, true
+		}
+		return stUnsent, false
+	}
+	st, ok := l.other[id]
+	return st, ok
 }
 
 func (l *ledger) counts() (sent, acked, rejected int64) {
@@ -94,7 +137,8 @@ type D2CReport struct {
 	SeqGaps       int64 // partitions' sequence numbers not continuous from 0
 	OutOfOrder    int64 // a device's messages stored out of sending order
 	// EventHubRead is how many records the Event-Hub-compatible endpoint
-	// delivered; EventHubMismatch counts differences from the log.
+	// delivered; EventHubMismatch counts partitions where they differ from
+	// the log's.
 	EventHubRead     int64
 	EventHubMismatch int64
 }
@@ -116,87 +160,181 @@ func (p *problems) addf(format string, args ...any) {
 	}
 }
 
-// verifyD2C checks the log's partitions against the ledger.
-func verifyD2C(l *ledger, parts [][]storedRecord, p *problems) D2CReport {
+// d2cCheck verifies the log's records as they stream by, in partition
+// order, holding one byte per message sent (how often it was stored).
+type d2cCheck struct {
+	l       *ledger
+	p       *problems
+	r       D2CReport
+	stored  map[string][]uint8 // device -> times stored by n (saturating)
+	other   map[string]int     // stored ids of another shape
+	last    map[string]int64   // device -> highest n stored so far
+	part    int
+	nextSeq int64
+}
+
+func newD2CCheck(l *ledger, p *problems) *d2cCheck {
+	return &d2cCheck{l: l, p: p, stored: map[string][]uint8{}, other: map[string]int{}, last: map[string]int64{}, part: -1}
+}
+
+// add takes the next record of partition part.
+func (c *d2cCheck) add(part int, seq int64, id string) {
+	if part != c.part {
+		c.part, c.nextSeq = part, 0
+	}
+	c.r.Stored++
+	if seq != c.nextSeq {
+		c.r.SeqGaps++
+		c.p.addf("partition %d: sequence number %d where %d was due", part, seq, c.nextSeq)
+	}
+	c.nextSeq = seq + 1
+	dev, n, ok := parseID(id)
+	if !ok {
+		c.other[id]++
+		return
+	}
+	counts := c.stored[dev]
+	if n >= int64(len(counts)) {
+		counts = append(counts, make([]uint8, n+1-int64(len(counts)))...)
+		c.stored[dev] = counts
+	}
+	if counts[n] < 255 {
+		counts[n]++
+	}
+	if last, seen := c.last[dev]; seen && n <= last && counts[n] == 1 {
+		c.r.OutOfOrder++
+		c.p.addf("partition %d seq %d: %s stored after %s", part, seq, id, msgID(dev, last))
+	}
+	if last, seen := c.last[dev]; !seen || n > last {
+		c.last[dev] = n
+	}
+}
+
+// finish compares what was stored with the ledger.
+func (c *d2cCheck) finish() D2CReport {
+	l := c.l
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	r := D2CReport{Sent: l.sent, Acked: l.acked, Rejected: l.rejected}
+	r := c.r
+	r.Sent, r.Acked, r.Rejected = l.sent, l.acked, l.rejected
 	r.Unknown = r.Sent - r.Acked - r.Rejected
-	count := make(map[string]int, len(l.msgs))
-	lastOf := map[string]int64{}
-	for pi, recs := range parts {
-		for i, rec := range recs {
-			r.Stored++
-			if rec.Seq != int64(i) {
-				r.SeqGaps++
-				p.addf("partition %d: record %d has sequence number %d", pi, i, rec.Seq)
-			}
-			count[rec.ID]++
-			dev, n, ok := parseID(rec.ID)
-			if !ok {
-				continue // counted as a phantom below
-			}
-			if last, seen := lastOf[dev]; seen && n <= last && count[rec.ID] == 1 {
-				r.OutOfOrder++
-				p.addf("partition %d seq %d: %s stored after %s", pi, rec.Seq, rec.ID, msgID(dev, last))
-			}
-			lastOf[dev] = max(lastOf[dev], n)
-		}
-	}
-	for id, c := range count {
-		st, known := l.msgs[id]
+	judge := func(id string, times int, st msgState, known bool) {
 		switch {
-		case !known:
+		case times > 0 && !known:
 			r.Phantom++
-			p.addf("stored message %q was never sent", id)
-		case st == stRejected:
+			c.p.addf("stored message %q was never sent", id)
+		case times > 0 && st == stRejected:
 			r.Phantom++
-			p.addf("message %s was rejected yet stored", id)
-		case st == stSent:
+			c.p.addf("message %s was rejected yet stored", id)
+		case times > 0 && st == stSent:
 			r.StoredUnacked++
-		}
-		if c > 1 {
-			r.Duplicated++
-			p.addf("message %s stored %d times", id, c)
-		}
-	}
-	var lost []string
-	for id, st := range l.msgs {
-		if st == stAcked && count[id] == 0 {
+		case times == 0 && known && st == stAcked:
 			r.Lost++
-			lost = append(lost, id)
+			c.p.addf("acknowledged message %s is not in the log", id)
+		}
+		if times > 1 {
+			r.Duplicated++
+			c.p.addf("message %s stored %d times", id, times)
 		}
 	}
-	sort.Strings(lost)
-	for _, id := range lost {
-		p.addf("acknowledged message %s is not in the log", id)
+	devs := make([]string, 0, len(l.devs)+len(c.stored))
+	seen := map[string]bool{}
+	for d := range l.devs {
+		devs, seen[d] = append(devs, d), true
+	}
+	for d := range c.stored {
+		if !seen[d] {
+			devs = append(devs, d)
+		}
+	}
+	sort.Strings(devs)
+	for _, d := range devs {
+		states, counts := l.devs[d], c.stored[d]
+		for n := 0; n < max(len(states), len(counts)); n++ {
+			var st msgState = stUnsent
+			if n < len(states) {
+				st = states[n]
+			}
+			times := 0
+			if n < len(counts) {
+				times = int(counts[n])
+			}
+			if st == stUnsent && times == 0 {
+				continue
+			}
+			judge(msgID(d, int64(n)), times, st, st != stUnsent)
+		}
+	}
+	for id, st := range l.other {
+		judge(id, c.other[id], st, true)
+	}
+	for id, times := range c.other {
+		if _, known := l.other[id]; !known {
+			judge(id, times, 0, false)
+		}
 	}
 	return r
 }
 
-// compareEventHub checks that the Event-Hub-compatible endpoint delivered
+// verifyD2C checks the log's partitions against the ledger.
+func verifyD2C(l *ledger, parts [][]storedRecord, p *problems) D2CReport {
+	c := newD2CCheck(l, p)
+	for pi, recs := range parts {
+		for _, rec := range recs {
+			c.add(pi, rec.Seq, rec.ID)
+		}
+	}
+	return c.finish()
+}
+
+// partDigest sums up a partition's records (count and a hash of each
+// sequence number and message-id, in order), so the Event-Hub-compatible
+// endpoint's view can be compared with the log's without keeping either.
+type partDigest struct {
+	N   int64
+	Sum uint64
+}
+
+func (d *partDigest) add(seq int64, id string) {
+	h := fnv.New64a()
+	var b [8]byte
+	binary.LittleEndian.PutUint64(b[:], uint64(seq))
+	h.Write(b[:])
+	h.Write([]byte(id))
+	d.N++
+	d.Sum = d.Sum*1099511628211 ^ h.Sum64() // order-sensitive
+}
+
+func digests(parts [][]storedRecord) []partDigest {
+	out := make([]partDigest, len(parts))
+	for i, recs := range parts {
+		for _, r := range recs {
+			out[i].add(r.Seq, r.ID)
+		}
+	}
+	return out
+}
+
+// compareDigests checks that the Event-Hub-compatible endpoint delivered
 // exactly the log's records, in order, with the log's sequence numbers.
-func compareEventHub(log, eh [][]storedRecord, p *problems) (read, mismatch int64) {
+func compareDigests(log, eh []partDigest, p *problems) (read, mismatch int64) {
 	for pi := range log {
-		var got []storedRecord
+		var got partDigest
 		if pi < len(eh) {
 			got = eh[pi]
 		}
-		read += int64(len(got))
-		if len(got) != len(log[pi]) {
+		read += got.N
+		if got != log[pi] {
 			mismatch++
-			p.addf("partition %d: the Event-Hub-compatible endpoint delivered %d records, the log holds %d", pi, len(got), len(log[pi]))
-			continue
-		}
-		for i := range got {
-			if got[i] != log[pi][i] {
-				mismatch++
-				p.addf("partition %d record %d: endpoint delivered %+v, the log holds %+v", pi, i, got[i], log[pi][i])
-				break
-			}
+			p.addf("partition %d: the Event-Hub-compatible endpoint delivered %d records, the log holds %d, contents differ: %v", pi, got.N, log[pi].N, got.Sum != log[pi].Sum)
 		}
 	}
 	return read, mismatch
+}
+
+// compareEventHub is compareDigests on record lists.
+func compareEventHub(log, eh [][]storedRecord, p *problems) (read, mismatch int64) {
+	return compareDigests(digests(log), digests(eh), p)
 }
 
 // twinLedger records twin updates: for each device, the highest value
