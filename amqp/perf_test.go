@@ -170,3 +170,39 @@ func TestIdleConnectionCost(t *testing.T) {
 		t.Fatalf("%.0f bytes of heap per idle connection, want under 16 KiB", perConn)
 	}
 }
+
+// TestHugeIncomingWindow: a peer may advertise any session window up to
+// 2^32-1; the server must still send to it (a window taken for negative
+// would stall every delivery).
+func TestHugeIncomingWindow(t *testing.T) {
+	for _, window := range []uint32{1 << 31, 0xFFFFFFFF} {
+		t.Run(fmt.Sprint(window), func(t *testing.T) {
+			srv := startRaw(t, nil)
+			c := rawDial(t, srv.Addr)
+			c.write(frames.ProtoAMQP[:])
+			c.readHeader()
+			c.send(0, &frames.Open{ContainerID: "raw", MaxFrameSize: 65536, ChannelMax: 10}, nil)
+			expect[*frames.Open](c)
+			c.send(0, &frames.Begin{IncomingWindow: window, OutgoingWindow: 1000, HandleMax: 10}, nil)
+			expect[*frames.Begin](c)
+			q := fmt.Sprintf("queue/window-%d", window)
+			c.send(0, &frames.Attach{Name: "s", Handle: 0, Role: frames.RoleSender, Source: &frames.Source{},
+				Target: &frames.Target{Address: q}, HasInitialDelivery: true}, nil)
+			expect[*frames.Attach](c)
+			expect[*frames.Flow](c)
+			msg, _ := (&frames.Message{Data: [][]byte{[]byte("hello")}}).AppendAMQP(nil)
+			c.send(0, &frames.Transfer{Handle: 0, DeliveryID: 0, HasDeliveryID: true, DeliveryTag: []byte{1},
+				HasMessageFormat: true, Settled: true, HasSettled: true}, msg)
+			c.send(0, &frames.Attach{Name: "r", Handle: 1, Role: frames.RoleReceiver, Source: &frames.Source{Address: q},
+				Target: &frames.Target{}}, nil)
+			expect[*frames.Attach](c)
+			c.send(0, &frames.Flow{NextIncomingID: 0, HasNextIncomingID: true, IncomingWindow: window, NextOutgoingID: 1,
+				OutgoingWindow: 1000, Handle: 1, HasHandle: true, DeliveryCount: 0, HasDeliveryCount: true,
+				LinkCredit: 10, HasLinkCredit: true}, nil)
+			tr := expect[*frames.Transfer](c)
+			if !bytes.Contains(tr.Payload, []byte("hello")) {
+				t.Fatalf("transfer payload %q", tr.Payload)
+			}
+		})
+	}
+}

@@ -154,9 +154,12 @@ func (s *Session) onFlow(f *frames.Flow) error {
 		nextIn = 0 // the peer has not seen our first transfer yet
 	}
 	// The spec's formula: the peer may take next-incoming-id +
-	// incoming-window - next-outgoing-id more transfer frames.
-	s.remoteIncomingWindow = nextIn + f.IncomingWindow - s.nextOutgoingID
-	if int32(s.remoteIncomingWindow) < 0 {
+	// incoming-window - next-outgoing-id more transfer frames. Computed as
+	// the window minus the transfers in flight, so windows of 2^31 and
+	// more (which some clients advertise) are not taken for negative.
+	if inFlight := s.nextOutgoingID - nextIn; inFlight < f.IncomingWindow {
+		s.remoteIncomingWindow = f.IncomingWindow - inFlight
+	} else {
 		s.remoteIncomingWindow = 0
 	}
 	var l *Link

@@ -97,7 +97,7 @@ func benchCmd(args []string, stdout, stderr io.Writer) error {
 	fs.IntVar(&f.d2c.Connections, "connections", 0, "device connections (default 4; connections scenario 1000)")
 	fs.IntVar(&f.d2c.MessageSize, "size", 256, "message payload bytes")
 	fs.Float64Var(&f.d2c.Rate, "rate", 0, "offered messages/s over all connections; 0 = unbounded (e2e default 20000, c2d default unbounded)")
-	fs.IntVar(&f.d2c.InFlight, "inflight", 256, "unacknowledged messages per connection")
+	fs.IntVar(&f.d2c.InFlight, "inflight", 256, "unacknowledged messages per connection (c2d: messages per device not yet received, default 32, at most 40)")
 	fs.DurationVar(&f.duration, "duration", 10*time.Second, "how long load is offered")
 	fs.DurationVar(&f.drain, "drain", 30*time.Second, "how long to wait for outstanding outcomes afterwards")
 	fs.BoolVar(&f.d2c.NonDurable, "non-durable", false, "send without the durable header flag")
@@ -116,7 +116,9 @@ func benchCmd(args []string, stdout, stderr io.Writer) error {
 	if fs.NArg() > 0 {
 		return fmt.Errorf("bench: unexpected argument %q", fs.Arg(0))
 	}
+	set := map[string]bool{}
 	fs.Visit(func(fl *flag.Flag) {
+		set[fl.Name] = true
 		if fl.Name == "hub" || fl.Name == "amqp-url" || fl.Name == "rest-url" {
 			f.hubSet = true
 		}
@@ -150,10 +152,14 @@ func benchCmd(args []string, stdout, stderr io.Writer) error {
 		}
 		rep, err = loadgen.RunE2E(ctx, tg, cfg)
 	case "c2d":
-		rep, err = loadgen.RunC2D(ctx, tg, loadgen.C2DConfig{
+		cfg := loadgen.C2DConfig{
 			Devices: f.d2c.Connections, MessageSize: f.d2c.MessageSize, Rate: f.d2c.Rate,
-			InFlight: f.d2c.InFlight, Duration: f.duration, Drain: f.drain, Progress: progress,
-		})
+			Duration: f.duration, Drain: f.drain, Progress: progress,
+		}
+		if set["inflight"] {
+			cfg.InFlight = f.d2c.InFlight
+		}
+		rep, err = loadgen.RunC2D(ctx, tg, cfg)
 	case "connections":
 		cfg := loadgen.ConnectionsConfig{
 			Connections: f.d2c.Connections, Hold: f.hold, Client: f.d2c.Client,

@@ -25,7 +25,9 @@ type C2DConfig struct {
 	// the devices complete, with InFlight messages per device.
 	Rate float64
 	// InFlight bounds messages sent to one device and not yet received
-	// by it. IoT Hub queues at most 50 per device. Default 32.
+	// by it. IoT Hub queues at most 50 per device, and a message leaves the
+	// queue only once the device's completion is stored, some time after
+	// the device received it; so at most 40. Default 32.
 	InFlight int
 	// Duration is how long messages are offered. Default 10 s.
 	Duration time.Duration
@@ -50,12 +52,10 @@ func RunC2D(ctx context.Context, t *Target, cfg C2DConfig) (*Report, error) {
 	if cfg.MessageSize == 0 {
 		cfg.MessageSize = 256
 	}
-	if cfg.InFlight == 0 || cfg.InFlight > 50 {
-		cfg.InFlight = min(cfg.InFlight, 50)
-		if cfg.InFlight == 0 {
-			cfg.InFlight = 32
-		}
+	if cfg.InFlight == 0 {
+		cfg.InFlight = 32
 	}
+	cfg.InFlight = min(cfg.InFlight, 40)
 	if cfg.Duration == 0 {
 		cfg.Duration = 10 * time.Second
 	}
