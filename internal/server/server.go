@@ -286,7 +286,7 @@ func (s *Server) start() error {
 		mux.Handle("/$servicebus/websocket", s.Engine.WebSocketHandler())
 		mux.Handle("/", s.REST)
 		s.https = &http.Server{
-			Handler:           mux,
+			Handler: mux,
 			// The HTTP server adds ALPN protocols to its config as it
 			// starts: give it its own copy, the AMQPS listener shares tlsCfg.
 			TLSConfig:         tlsCfg.Clone(),
