@@ -2,6 +2,7 @@ package natstest
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"net"
 	"os"
@@ -12,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 const serverModule = "github.com/nats-io/nats-server/v2"
@@ -151,8 +154,40 @@ func StartCluster(tb testing.TB, n int) *Cluster {
 		WaitJetStream(tb, nc)
 		nc.Close()
 	}
+	c.waitPlacement(n)
 	tb.Logf("natstest: %d-node cluster ready in %v (binary %v)", n, time.Since(start).Round(time.Millisecond), built.Round(time.Millisecond))
 	return c
+}
+
+// waitPlacement polls until the cluster can place a stream on all n nodes:
+// a meta leader alone is not enough, the other peers must have joined the
+// meta group too, or the first R3 stream fails with "no suitable peers".
+func (c *Cluster) waitPlacement(n int) {
+	c.tb.Helper()
+	nc := Connect(c.tb, c.URLs())
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		c.tb.Fatalf("natstest: %v", err)
+	}
+	deadline := time.Now().Add(readyTimeout)
+	cfg := jetstream.StreamConfig{Name: "NATSTEST_PLACEMENT", Subjects: []string{"natstest.placement"},
+		Storage: jetstream.MemoryStorage, Replicas: n}
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		_, err := js.CreateStream(ctx, cfg)
+		if err == nil {
+			err = js.DeleteStream(ctx, cfg.Name)
+		}
+		cancel()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			c.tb.Fatalf("natstest: cluster cannot place an R%d stream within %v: %v", n, readyTimeout, err)
+		}
+		time.Sleep(50 * time.Millisecond) // poll: peers are joining the meta group
+	}
 }
 
 // URLs returns every node's client URL, comma-separated, as nats.Connect

@@ -42,12 +42,13 @@ type partition struct {
 
 	mu     sync.Mutex
 	closed bool
-	ring   []pending // in-flight appends, indexed by id % len(ring)
-	nextID uint64    // id of the next append (ids start at 1)
-	oldest uint64    // no append below this id is in flight
-	count  int       // appends in flight
-	bytes  int       // payload bytes in flight
-	space  chan struct{}
+	ring   []pending     // in-flight appends, indexed by id % len(ring)
+	nextID uint64        // id of the next append (ids start at 1)
+	oldest uint64        // no append below this id is in flight
+	count  int           // appends in flight
+	bytes  int           // payload bytes in flight
+	calls  int           // appends taken whose done has not returned yet
+	space  chan struct{} // closed and replaced when count or calls drop
 
 	scratch  []byte // the message being published (the client copies it)
 	stamp    int64  // latest enqueued time stamped or seen: the floor of the next stamp
@@ -204,7 +205,8 @@ func (l *Log) appendAsync(ctx context.Context, partition int, payload []byte, do
 	return nil
 }
 
-// takeLocked removes in-flight append id and returns it.
+// takeLocked removes in-flight append id and returns it. The caller must
+// then call complete, so that Close knows when every done has returned.
 func (p *partition) takeLocked(id uint64) (pending, bool) {
 	slot := &p.ring[id%uint64(len(p.ring))]
 	if !slot.active || slot.id != id {
@@ -214,9 +216,25 @@ func (p *partition) takeLocked(id uint64) (pending, bool) {
 	*slot = pending{}
 	p.count--
 	p.bytes -= pd.size
+	p.calls++
+	p.signalLocked()
+	return pd, true
+}
+
+func (p *partition) signalLocked() {
 	close(p.space)
 	p.space = make(chan struct{})
-	return pd, true
+}
+
+// complete runs the done of a taken append.
+func (p *partition) complete(pd pending, e partlog.Entry, err error) {
+	if pd.done != nil {
+		pd.done(e, err)
+	}
+	p.mu.Lock()
+	p.calls--
+	p.signalLocked()
+	p.mu.Unlock()
 }
 
 // pubAck is the stream's answer to a publish.
@@ -251,14 +269,11 @@ func (l *Log) onAck(m *nats.Msg) {
 	if !ok {
 		return // timed out or failed at Close already
 	}
-	if pd.done == nil {
-		return
-	}
 	if ackErr != nil {
-		pd.done(partlog.Entry{}, ackErr)
+		p.complete(pd, partlog.Entry{}, ackErr)
 		return
 	}
-	pd.done(entry(ack.Seq, pd.stamp), nil)
+	p.complete(pd, entry(ack.Seq, pd.stamp), nil)
 }
 
 func (p *partition) parseAck(m *nats.Msg) (pubAck, error) {
@@ -322,21 +337,20 @@ func (p *partition) expire(deadline time.Time) {
 			"count", len(failed), "timeout", p.l.opts.AckTimeout)
 	}
 	for _, pd := range failed {
-		if pd.done != nil {
-			pd.done(partlog.Entry{}, fmt.Errorf("jetstream: partition %d: %w after %v", p.id, ErrAckTimeout, p.l.opts.AckTimeout))
-		}
+		p.complete(pd, partlog.Entry{}, fmt.Errorf("jetstream: partition %d: %w after %v", p.id, ErrAckTimeout, p.l.opts.AckTimeout))
 	}
 }
 
-// drain waits until nothing is in flight or deadline passes.
+// drain waits until nothing is in flight and no done is running, or
+// deadline passes.
 func (p *partition) drain(deadline time.Time) {
 	timer := time.NewTimer(time.Until(deadline))
 	defer timer.Stop()
 	for {
 		p.mu.Lock()
-		n, space := p.count, p.space
+		idle, space := p.count == 0 && p.calls == 0, p.space
 		p.mu.Unlock()
-		if n == 0 {
+		if idle {
 			return
 		}
 		select {
@@ -344,6 +358,20 @@ func (p *partition) drain(deadline time.Time) {
 		case <-timer.C:
 			return
 		}
+	}
+}
+
+// waitCalls waits until every done taken so far has returned; done must
+// return quickly, so this has no deadline.
+func (p *partition) waitCalls() {
+	for {
+		p.mu.Lock()
+		n, space := p.calls, p.space
+		p.mu.Unlock()
+		if n == 0 {
+			return
+		}
+		<-space
 	}
 }
 
@@ -359,9 +387,7 @@ func (p *partition) failAll(err error) {
 	p.oldest = p.nextID
 	p.mu.Unlock()
 	for _, pd := range failed {
-		if pd.done != nil {
-			pd.done(partlog.Entry{}, fmt.Errorf("jetstream: partition %d: append not acknowledged before Close: %w", p.id, err))
-		}
+		p.complete(pd, partlog.Entry{}, fmt.Errorf("jetstream: partition %d: append not acknowledged before Close: %w", p.id, err))
 	}
 }
 

@@ -388,3 +388,29 @@ func BenchmarkSeek(b *testing.B) {
 		}
 	})
 }
+
+// BenchmarkClusterAppendAsync is BenchmarkAppendAsync against a 3-node
+// cluster of nats-server processes on this machine (R3 streams, and R1 for
+// comparison), the client connected to one node.
+func BenchmarkClusterAppendAsync(b *testing.B) {
+	c := natstest.StartCluster(b, 3)
+	for _, r := range []int{3, 1} {
+		b.Run("R"+strconv.Itoa(r), func(b *testing.B) {
+			nc := natstest.Connect(b, c.Nodes[0].ClientURL())
+			l := benchOpen(b, nc, Options{Partitions: 4, Replicas: r})
+			benchAppendAsync(b, l, 4, 4096, 256)
+		})
+	}
+	b.Run("R3-unloaded", func(b *testing.B) {
+		nc := natstest.Connect(b, c.Nodes[0].ClientURL())
+		l := benchOpen(b, nc, Options{Partitions: 1, Replicas: 3})
+		payload := make([]byte, 256)
+		b.ReportAllocs()
+		b.ResetTimer()
+		for range b.N {
+			if _, err := l.Append(context.Background(), 0, payload); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}

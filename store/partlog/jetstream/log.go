@@ -389,7 +389,8 @@ func (l *Log) part(i int) (*partition, error) {
 
 // Close waits (up to Options.AckTimeout) for the acknowledgements of the
 // appends in flight, fails the rest with ErrClosed, wakes all waiters with
-// ErrClosed and stops the log's subscriptions and consumers. It does not
+// ErrClosed and stops the log's subscriptions and consumers. Every done has
+// returned when Close returns (so a done must not call Close). It does not
 // close the NATS connection.
 func (l *Log) Close() error {
 	l.closeOnce.Do(func() {
@@ -406,6 +407,7 @@ func (l *Log) Close() error {
 		}
 		for _, p := range l.parts {
 			p.failAll(partlog.ErrClosed)
+			p.waitCalls() // an acknowledgement may be completing right now
 			p.stopWatch()
 		}
 		l.unsubscribe()

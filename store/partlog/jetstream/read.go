@@ -358,8 +358,8 @@ const maxHintMillis = 253402300799999
 // stores it, so under load the answer is usually a few records past the
 // server's first.
 const (
-	seekWindow      = 64
-	seekWindowBytes = 64 << 10
+	seekWindow      = 16
+	seekWindowBytes = 16 << 10
 )
 
 // timeWindow returns up to seekWindow consecutive records starting with
