@@ -149,12 +149,11 @@ func (c *Conn) Close(err *Error) {
 		c.nc.Close()
 		return
 	}
+	// Keep the socket open until the peer answers with its own Close (the
+	// reader then ends the connection): closing right after our frame
+	// makes the peer's reply fail with EPIPE, and clients then report that
+	// instead of our error. A peer that never answers is cut off below.
 	c.queue(frames.FrameAMQP, 0, &frames.Close{Error: err}, nil)
-	c.wmu.Lock()
-	c.shutdown = true
-	c.kickLocked()
-	c.wmu.Unlock()
-	// A peer that stops reading must not keep the connection: force it.
 	time.AfterFunc(5*time.Second, func() { c.nc.Close() })
 }
 
@@ -478,8 +477,12 @@ func (c *Conn) dispatch(ch uint16, p frames.Performative) error {
 		return protoErrorf(ErrCondIllegalState, "second open")
 	}
 	c.mu.Lock()
-	s := c.sessions[ch]
+	s, closing := c.sessions[ch], c.closing
 	c.mu.Unlock()
+	if closing {
+		// After our Close only the peer's Close matters (spec 2.4.3).
+		return nil
+	}
 	if s == nil {
 		return protoErrorf(ErrCondFramingError, "%T on channel %d with no session", p, ch)
 	}

@@ -190,9 +190,13 @@ func TestServeSIGTERM(t *testing.T) {
 		t.Fatal(err)
 	}
 	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
+	waited := make(chan struct{})
+	go func() { exited <- cmd.Wait(); close(waited) }()
 	defer func() {
 		cmd.Process.Kill()
+		// Read stderr only after the process is gone: exec's copier
+		// goroutine writes to the buffer until then.
+		<-waited
 		if t.Failed() {
 			t.Logf("hub stderr:\n%s", stderr.String())
 		}
