@@ -183,8 +183,10 @@ func (r *Report) WriteText(w io.Writer) error {
 	return tw.Flush()
 }
 
-// LoadAverage returns /proc/loadavg's 1-, 5- and 15-minute figures, or ""
-// where there is none.
+// LoadAverage describes how busy the machine was when the report was
+// made: /proc/loadavg's 1-, 5- and 15-minute figures and, where the
+// kernel has pressure stall information, the share of the last 10 s in
+// which some task waited for a CPU. "" where neither exists.
 func LoadAverage() string {
 	b, err := os.ReadFile("/proc/loadavg")
 	if err != nil {
@@ -194,7 +196,17 @@ func LoadAverage() string {
 	if len(f) < 3 {
 		return ""
 	}
-	return strings.Join(f[:3], " ")
+	out := strings.Join(f[:3], " ")
+	if p, err := os.ReadFile("/proc/pressure/cpu"); err == nil {
+		// "some avg10=89.52 avg60=..." on the first line.
+		for _, field := range strings.Fields(string(p)) {
+			if v, ok := strings.CutPrefix(field, "avg10="); ok {
+				out += ", CPU pressure " + v + "%"
+				break
+			}
+		}
+	}
+	return out
 }
 
 func latencyLabel(scenario string) string {
