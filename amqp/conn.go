@@ -25,8 +25,8 @@ type Conn struct {
 	log *slog.Logger
 
 	// Reader-goroutine state: only the reader touches these.
-	rd  frameReader
-	dec frames.Decoder
+	rd   frameReader
+	hdec *frames.Decoder // the handshake's; readLoop borrows from decoders
 	// lastDeadline avoids re-arming the read deadline on every frame.
 	lastDeadline time.Time
 
@@ -346,7 +346,7 @@ func (c *Conn) readFrame(wantType byte) (frames.Performative, error) {
 		if typ == frames.FrameSASL && ch != 0 {
 			return nil, fmt.Errorf("sasl frame on channel %d", ch)
 		}
-		return c.dec.Decode(ownBody(body))
+		return c.hdec.Decode(ownBody(body))
 	}
 }
 
@@ -372,6 +372,8 @@ func (c *Conn) readRaw() (ch uint16, typ byte, body []byte, err error) {
 	}
 	return h.Channel, h.Type, b, nil
 }
+
+var decoders = sync.Pool{New: func() any { return new(frames.Decoder) }}
 
 // ownBody returns body itself for the frequent performatives whose decoded
 // values the engine uses only while dispatching the frame (transfer, flow,
@@ -415,13 +417,19 @@ func (c *Conn) readLoop() error {
 			if typ != frames.FrameAMQP {
 				err = protoErrorf(ErrCondFramingError, "SASL frame after open")
 			} else {
+				// A decoder is some 800 bytes of reusable structs: borrowed
+				// per frame rather than kept by each of many idle
+				// connections. Nothing keeps a decoded performative past
+				// its dispatch.
+				dec := decoders.Get().(*frames.Decoder)
 				var p frames.Performative
-				p, err = c.dec.Decode(ownBody(body))
+				p, err = dec.Decode(ownBody(body))
 				if err != nil {
 					err = &protoError{cond: ErrCondDecodeError, err: err}
 				} else {
 					err = c.dispatch(ch, p)
 				}
+				decoders.Put(dec)
 			}
 		}
 		if err != nil {

@@ -4,6 +4,8 @@ import (
 	"net"
 	"sync"
 	"time"
+
+	"amqphub/amqp/frames"
 )
 
 // handshakes bounds connections that have not finished the protocol
@@ -88,5 +90,7 @@ func (s *Server) Handshaking() int {
 // gives the slot back however the handshake ends.
 func (c *Conn) limitedHandshake() error {
 	defer c.srv.hs.release(c.nc.RemoteAddr())
+	c.hdec = decoders.Get().(*frames.Decoder)
+	defer func() { decoders.Put(c.hdec); c.hdec = nil }()
 	return c.handshake()
 }

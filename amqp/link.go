@@ -51,8 +51,8 @@ type Link struct {
 	nUnsettled   int
 	nextTag      uint64
 	peerMaxFrame uint32
-	tagScratch   [8]byte         // guarded by sendMu
-	trScratch    frames.Transfer // guarded by sendMu
+	tagScratch   [8]byte          // guarded by sendMu
+	trScratch    *frames.Transfer // guarded by sendMu; only sending links get one
 
 	attached bool
 	detached bool // we sent detach or the link is gone
@@ -735,7 +735,10 @@ func (l *Link) send(ctx context.Context, out *Outgoing, wait bool) error {
 	}
 	// The transfer is encoded into the output buffer by queue, so a
 	// per-link scratch (guarded by sendMu) replaces an allocation per send.
-	t := &l.trScratch
+	if l.trScratch == nil {
+		l.trScratch = new(frames.Transfer)
+	}
+	t := l.trScratch
 	*t = frames.Transfer{
 		Handle:           l.localHandle,
 		DeliveryID:       id,
