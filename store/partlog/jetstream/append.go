@@ -394,8 +394,8 @@ func (p *partition) failAll(err error) {
 // loadTail initialises the known tail and the stamp floor from the stream,
 // so that enqueued times keep increasing across restarts even if the clock
 // went back.
-func (p *partition) loadTail() error {
-	st, err := p.state()
+func (p *partition) loadTail(ctx context.Context) error {
+	st, err := p.state(ctx)
 	if err != nil {
 		return err
 	}

@@ -220,7 +220,7 @@ func Open(ctx context.Context, nc *nats.Conn, opts Options) (*Log, error) {
 		l.parts = append(l.parts, newPartition(l, i))
 	}
 	for _, p := range l.parts {
-		if err := p.loadTail(); err != nil {
+		if err := p.loadTail(ctx); err != nil {
 			l.unsubscribe()
 			return nil, err
 		}
@@ -405,11 +405,14 @@ func (l *Log) Close() error {
 		for _, p := range l.parts {
 			p.drain(deadline)
 		}
+		var stops sync.WaitGroup
 		for _, p := range l.parts {
 			p.failAll(partlog.ErrClosed)
 			p.waitCalls() // an acknowledgement may be completing right now
-			p.stopWatch()
+			// In parallel: each stop may wait for a server that is gone.
+			stops.Go(p.stopWatch)
 		}
+		stops.Wait()
 		l.unsubscribe()
 		l.bgMu.Lock()
 		l.bgClosed = true
@@ -432,8 +435,11 @@ func (e *apiError) Error() string {
 
 // apiRequest sends a JetStream API request with body and decodes the
 // response into resp; errOf returns the response's error object, if any.
-func (l *Log) apiRequest(subject string, body []byte, resp any, errOf func() *apiError) error {
-	msg, err := l.nc.Request(subject, body, l.opts.RequestTimeout)
+// The request is bounded by ctx and by Options.RequestTimeout.
+func (l *Log) apiRequest(ctx context.Context, subject string, body []byte, resp any, errOf func() *apiError) error {
+	ctx, cancel := context.WithTimeout(ctx, l.opts.RequestTimeout)
+	defer cancel()
+	msg, err := l.nc.RequestWithContext(ctx, subject, body)
 	if err != nil {
 		return fmt.Errorf("request %s: %w", subject, err)
 	}

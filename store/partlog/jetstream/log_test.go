@@ -441,8 +441,27 @@ func TestPayloadTooLarge(t *testing.T) {
 func TestServerGone(t *testing.T) {
 	s := natstest.RunServer(t)
 	nc := natstest.Connect(t, s.ClientURL())
-	l := openTest(t, nc, Options{Partitions: 1, AckTimeout: 300 * time.Millisecond, RequestTimeout: 300 * time.Millisecond})
+	l := openTest(t, nc, Options{Partitions: 4, AckTimeout: 300 * time.Millisecond, RequestTimeout: 300 * time.Millisecond})
 	mustAppend(t, l, 0, []byte("stored"))
+	// Watchers on every partition, whose consumers Close tries to delete.
+	for p := range 4 {
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		if err := l.Wait(ctx, p, 100); !errors.Is(err, context.Canceled) {
+			t.Fatalf("Wait = %v", err)
+		}
+	}
+	waitFor(t, "the watchers to start", func() bool {
+		for _, p := range l.parts {
+			p.watch.mu.Lock()
+			started := p.watch.cc != nil
+			p.watch.mu.Unlock()
+			if !started {
+				return false
+			}
+		}
+		return true
+	})
 	s.Shutdown()
 	s.WaitForShutdown()
 	waitFor(t, "the client to notice", func() bool { return !nc.IsConnected() })
@@ -474,7 +493,7 @@ func TestServerGone(t *testing.T) {
 	if err := l.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if d := time.Since(start); d > 5*time.Second {
+	if d := time.Since(start); d > 3*time.Second {
 		t.Fatalf("Close took %v", d)
 	}
 	if n := calls.Load(); n != 1 {
@@ -602,6 +621,43 @@ func TestSeekTimeClocks(t *testing.T) {
 				if want := firstAtOrAfter(ts); err != nil || got != want {
 					t.Fatalf("SeekTime(%d) = %d, %v; want %d", ts, got, err, want)
 				}
+			}
+		})
+	}
+}
+
+// TestLeaderGet checks the message-get path that Read and the seeks fall
+// back on when a lagging replica answers a direct get.
+func TestLeaderGet(t *testing.T) {
+	s := natstest.RunServer(t)
+	nc := natstest.Connect(t, s.ClientURL())
+	l := openTest(t, nc, Options{Partitions: 1})
+	es := []partlog.Entry{mustAppend(t, l, 0, []byte("zero")), mustAppend(t, l, 0, []byte("one"))}
+	p := l.parts[0]
+	tests := []struct {
+		name      string
+		jsSeq     uint64
+		next      bool
+		wantFound bool
+		want      int // index into es
+	}{
+		{"exact", 2, false, true, 1},
+		{"next from below", 0, true, true, 0},
+		{"next from first", 1, true, true, 0},
+		{"missing", 3, false, false, 0},
+		{"next past end", 3, true, false, 0},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			rec, found, err := p.leaderGet(tc.jsSeq, tc.next)
+			if err != nil || found != tc.wantFound {
+				t.Fatalf("leaderGet(%d, %v) = found %v, %v", tc.jsSeq, tc.next, found, err)
+			}
+			if !found {
+				return
+			}
+			if got := rec.record(); got.Entry != es[tc.want] || string(got.Payload) != []string{"zero", "one"}[tc.want] {
+				t.Fatalf("leaderGet(%d, %v) = %+v %q, want %+v", tc.jsSeq, tc.next, got.Entry, got.Payload, es[tc.want])
 			}
 		})
 	}

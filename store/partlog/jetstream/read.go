@@ -1,6 +1,7 @@
 package jetstream
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -144,7 +145,7 @@ func (p *partition) leaderGet(jsSeq uint64, next bool) (rawRecord, bool, error) 
 		return rawRecord{}, false, fmt.Errorf("encode message get: %w", err)
 	}
 	var resp msgGetResponse
-	if err := p.l.apiRequest(p.msgGet, body, &resp, func() *apiError { return resp.Error }); err != nil {
+	if err := p.l.apiRequest(context.Background(), p.msgGet, body, &resp, func() *apiError { return resp.Error }); err != nil {
 		var ae *apiError
 		if errors.As(err, &ae) && (ae.ErrCode == errCodeNoMessage || ae.Code == 404) {
 			return rawRecord{}, false, nil
@@ -254,9 +255,9 @@ type streamInfoResponse struct {
 }
 
 // state asks the stream leader for the stream's bounds.
-func (p *partition) state() (streamState, error) {
+func (p *partition) state(ctx context.Context) (streamState, error) {
 	var resp streamInfoResponse
-	if err := p.l.apiRequest(p.info, nil, &resp, func() *apiError { return resp.Error }); err != nil {
+	if err := p.l.apiRequest(ctx, p.info, nil, &resp, func() *apiError { return resp.Error }); err != nil {
 		return streamState{}, fmt.Errorf("jetstream: partition %d: stream info: %w", p.id, err)
 	}
 	if resp.State == nil {
@@ -303,7 +304,7 @@ func (l *Log) Info(partition int) (partlog.Info, error) {
 	if err != nil {
 		return partlog.Info{}, err
 	}
-	st, err := p.state()
+	st, err := p.state(context.Background())
 	if err != nil {
 		return partlog.Info{}, err
 	}
@@ -334,7 +335,7 @@ func (l *Log) SeekOffset(partition int, offset int64) (int64, error) {
 	if err != nil {
 		return 0, err
 	}
-	st, err := p.state()
+	st, err := p.state(context.Background())
 	if err != nil {
 		return 0, err
 	}
@@ -395,7 +396,7 @@ func (l *Log) SeekTime(partition int, t int64) (int64, error) {
 	if err != nil {
 		return 0, err
 	}
-	st, err := p.state()
+	st, err := p.state(context.Background())
 	if err != nil {
 		return 0, err
 	}

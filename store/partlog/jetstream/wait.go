@@ -125,7 +125,10 @@ func (p *partition) stopWatch() {
 		return
 	}
 	name := info.Name
-	ctx, cancel := context.WithTimeout(context.Background(), p.l.opts.RequestTimeout)
+	if !p.l.nc.IsConnected() {
+		return // the server drops it after InactiveThreshold
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), min(p.l.opts.RequestTimeout, 2*time.Second))
 	defer cancel()
 	if err := p.l.js.DeleteConsumer(ctx, p.stream, name); err != nil {
 		p.l.opts.Logger.Debug("jetstream: delete partition watcher", "partition", p.id, "consumer", name, "err", err)
