@@ -25,10 +25,12 @@ var build struct {
 	err  error
 }
 
-// ServerBinary returns the path of a nats-server binary built from the
-// module version this test binary links, building it on first use. The
-// binary is kept under the system temp directory, keyed by that version,
-// so later test runs only pay the build when the version changes.
+// ServerBinary returns the path of a nats-server binary built with the go
+// command from the nats-server version that the module in the working
+// directory requires (a test's working directory is its package), building
+// it on first use. The binary is kept under the system temp directory,
+// keyed by that version, so later test runs only pay the build when the
+// version changes.
 func ServerBinary(tb testing.TB) string {
 	tb.Helper()
 	build.once.Do(func() { build.path, build.err = buildServer() })
@@ -121,8 +123,9 @@ type Cluster struct {
 }
 
 // StartCluster builds nats-server if needed, starts n nodes with cluster
-// routes between them and waits until JetStream answers through every
-// node. The processes are killed when the test ends.
+// routes between them and waits until JetStream answers through every node
+// and a stream with n replicas can be placed. The processes are killed
+// when the test ends.
 func StartCluster(tb testing.TB, n int) *Cluster {
 	tb.Helper()
 	if n < 1 {

@@ -40,8 +40,9 @@ type Options struct {
 
 	// SubjectPrefix names the subjects: partition p's stream captures
 	// SubjectPrefix+"."+p (default "amqphub.telemetry"). Nothing else may
-	// publish there: a message without the log's header is read with the
-	// stream's own timestamp, which may break the time order.
+	// publish there: a message without the log's record prefix is read
+	// whole with the stream's own timestamp, which may break the time
+	// order.
 	SubjectPrefix string
 
 	// Replicas is the stream replication factor, 1..5 (default 1). Use 3

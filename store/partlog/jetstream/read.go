@@ -389,7 +389,7 @@ func (p *partition) timeWindow(t int64) ([]rawRecord, error) {
 
 // SeekTime returns the first retained sequence number whose enqueued time
 // is >= t. The server's time index gives a first guess, which a galloping
-// and then binary search over the enqueued-time headers checks and
+// and then binary search over the stored enqueued times checks and
 // corrects.
 func (l *Log) SeekTime(partition int, t int64) (int64, error) {
 	p, err := l.part(partition)
