@@ -662,3 +662,73 @@ func TestLeaderGet(t *testing.T) {
 		})
 	}
 }
+
+// TestReopenLimits checks that reopening applies new retention limits to
+// existing streams and refuses what JetStream cannot change.
+func TestReopenLimits(t *testing.T) {
+	s := natstest.RunServer(t)
+	nc := natstest.Connect(t, s.ClientURL())
+	stream, subject := uniquePrefix()
+	opts := Options{Partitions: 1, StreamPrefix: stream, SubjectPrefix: subject}
+	l := openTest(t, nc, opts)
+	e := mustAppend(t, l, 0, []byte("kept"))
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	o := opts
+	o.RetentionBytes, o.Retention = 1<<20, 48*time.Hour
+	l = openTest(t, nc, o)
+	st, err := js.Stream(testCtx(t), stream+"0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg := st.CachedInfo().Config; cfg.MaxBytes != 1<<20 || cfg.MaxAge != 48*time.Hour {
+		t.Fatalf("limits after reopen: MaxBytes %d, MaxAge %v", cfg.MaxBytes, cfg.MaxAge)
+	}
+	if recs := readAll(t, l, 0, 0); len(recs) != 1 || recs[0].Entry != e {
+		t.Fatalf("records after a limits update: %+v", recs)
+	}
+
+	tests := []struct {
+		name string
+		mod  func(*Options)
+		want string
+	}{
+		{"storage", func(o *Options) { o.Storage = jetstream.MemoryStorage }, "cannot change"},
+		{"replicas on one server", func(o *Options) { o.Replicas = 3 }, "update stream"},
+		{"subject", func(o *Options) { o.SubjectPrefix = subject + "x" }, "captures"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			o := opts
+			tc.mod(&o)
+			l, err := Open(testCtx(t), nc, o)
+			if err == nil {
+				_ = l.Close()
+				t.Fatal("Open succeeded")
+			}
+			if !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("Open = %v, want an error mentioning %q", err, tc.want)
+			}
+		})
+	}
+
+	// A stream of the same name that this package did not create.
+	if _, err := js.CreateStream(testCtx(t), jetstream.StreamConfig{Name: "FOREIGN_0", Subjects: []string{"foreign.0"}}); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []int{0, 1} {
+		l, err := Open(testCtx(t), nc, Options{Partitions: n, StreamPrefix: "FOREIGN_", SubjectPrefix: "foreign"})
+		if err == nil || !strings.Contains(err.Error(), "not created by this log") {
+			if l != nil {
+				_ = l.Close()
+			}
+			t.Fatalf("Open over a foreign stream (partitions %d) = %v", n, err)
+		}
+	}
+}
