@@ -579,7 +579,7 @@ func TestSeekTimeClocks(t *testing.T) {
 				return base.Add(time.Duration(reads.Add(1)/3) * time.Millisecond)
 			}
 			l := openTest(t, nc, Options{Partitions: 1, Now: now})
-			const n = 600
+			const n = 300
 			es := make([]partlog.Entry, n)
 			var wg sync.WaitGroup
 			wg.Add(n)
