@@ -48,12 +48,13 @@ type partition struct {
 	count  int           // appends in flight
 	bytes  int           // payload bytes in flight
 	calls  int           // appends taken whose done has not returned yet
-	space  chan struct{} // closed and replaced when count or calls drop
+	space  chan struct{} // closed and replaced when count or calls drop, if waited
+	waited bool          // someone waits on space
 
 	scratch  []byte // the message being published (the client copies it)
 	stamp    int64  // latest enqueued time stamped or seen: the floor of the next stamp
 	last     int64  // highest durable sequence number known, -1 if none
-	lastTime int64  // enqueued time of last, if lastKnown
+	lastTime int64  // enqueued time of last, if lastOK
 	lastOK   bool   // lastTime is known
 	notify   chan struct{}
 
@@ -175,7 +176,7 @@ func (l *Log) appendAsync(ctx context.Context, partition int, payload []byte, do
 		if !slot.active && p.count < len(p.ring) && fits {
 			break
 		}
-		space := p.space
+		space := p.waitSpaceLocked()
 		p.mu.Unlock()
 		select {
 		case <-space:
@@ -221,9 +222,20 @@ func (p *partition) takeLocked(id uint64) (pending, bool) {
 	return pd, true
 }
 
+// waitSpaceLocked returns the channel closed at the next completion.
+func (p *partition) waitSpaceLocked() chan struct{} {
+	p.waited = true
+	return p.space
+}
+
+// signalLocked wakes the waiters on space; completions nobody waits for
+// cost nothing.
 func (p *partition) signalLocked() {
-	close(p.space)
-	p.space = make(chan struct{})
+	if p.waited {
+		close(p.space)
+		p.space = make(chan struct{})
+		p.waited = false
+	}
 }
 
 // complete runs the done of a taken append.
@@ -277,6 +289,9 @@ func (l *Log) onAck(m *nats.Msg) {
 }
 
 func (p *partition) parseAck(m *nats.Msg) (pubAck, error) {
+	if seq, ok := p.parsePlainAck(m.Data); ok {
+		return pubAck{Stream: p.stream, Seq: seq}, nil
+	}
 	var ack pubAck
 	if len(m.Data) == 0 {
 		if st := m.Header.Get("Status"); st != "" {
@@ -296,6 +311,29 @@ func (p *partition) parseAck(m *nats.Msg) (pubAck, error) {
 		return ack, fmt.Errorf("jetstream: partition %d: unexpected publish acknowledgement %q", p.id, m.Data)
 	}
 	return ack, nil
+}
+
+// parsePlainAck recognises the usual acknowledgement,
+// {"stream":"<stream>","seq":<n>}, without the JSON decoder; anything else
+// (errors, extra fields) goes to the decoder.
+func (p *partition) parsePlainAck(b []byte) (uint64, bool) {
+	const head, mid = `{"stream":"`, `","seq":`
+	if len(b) < len(head)+len(p.stream)+len(mid)+2 || string(b[:len(head)]) != head {
+		return 0, false
+	}
+	b = b[len(head):]
+	if string(b[:len(p.stream)]) != p.stream {
+		return 0, false
+	}
+	b = b[len(p.stream):]
+	if string(b[:len(mid)]) != mid || b[len(b)-1] != '}' {
+		return 0, false
+	}
+	seq, err := strconv.ParseUint(string(b[len(mid):len(b)-1]), 10, 64)
+	if err != nil || seq == 0 {
+		return 0, false
+	}
+	return seq, true
 }
 
 // sweep fails appends whose acknowledgement is overdue.
@@ -348,7 +386,7 @@ func (p *partition) drain(deadline time.Time) {
 	defer timer.Stop()
 	for {
 		p.mu.Lock()
-		idle, space := p.count == 0 && p.calls == 0, p.space
+		idle, space := p.count == 0 && p.calls == 0, p.waitSpaceLocked()
 		p.mu.Unlock()
 		if idle {
 			return
@@ -366,7 +404,7 @@ func (p *partition) drain(deadline time.Time) {
 func (p *partition) waitCalls() {
 	for {
 		p.mu.Lock()
-		n, space := p.calls, p.space
+		n, space := p.calls, p.waitSpaceLocked()
 		p.mu.Unlock()
 		if n == 0 {
 			return
