@@ -197,6 +197,9 @@ func (l *Log) appendAsync(ctx context.Context, partition int, payload []byte, do
 		p.mu.Unlock()
 		return fmt.Errorf("jetstream: partition %d: publish: %w", partition, err)
 	}
+	if cap(p.scratch) > maxScratch {
+		p.scratch = nil // do not pin a large payload's buffer per partition
+	}
 	p.nextID++
 	p.stamp = stamp
 	p.count++
@@ -205,6 +208,10 @@ func (l *Log) appendAsync(ctx context.Context, partition int, payload []byte, do
 	p.mu.Unlock()
 	return nil
 }
+
+// maxScratch is the largest publish buffer a partition keeps between
+// appends.
+const maxScratch = 64 << 10
 
 // takeLocked removes in-flight append id and returns it. The caller must
 // then call complete, so that Close knows when every done has returned.

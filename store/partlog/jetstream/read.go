@@ -219,16 +219,16 @@ func (l *Log) Read(partition int, fromSeq int64, maxRecords, maxBytes int, dst [
 		return true
 	})
 	if err != nil {
-		return dst, fmt.Errorf("jetstream: partition %d: read from %d: %w", partition, fromSeq, err)
+		return dst[:n0], fmt.Errorf("jetstream: partition %d: read from %d: %w", partition, fromSeq, err)
 	}
 	if decErr != nil {
-		return dst, fmt.Errorf("jetstream: partition %d: read from %d: %w", partition, fromSeq, decErr)
+		return dst[:n0], fmt.Errorf("jetstream: partition %d: read from %d: %w", partition, fromSeq, decErr)
 	}
 	if !found && int64(start)-1 <= p.tail() {
 		// The answering replica lags behind an acknowledged record.
 		rec, ok, err := p.leaderGet(start, true)
 		if err != nil {
-			return dst, err
+			return dst[:n0], err
 		}
 		if ok {
 			dst = append(dst, rec.record())
