@@ -11,6 +11,8 @@
 #   env CONNECTIONS=n for the connections scenario (default 19000: the
 #   hub and the generator each need one file descriptor per connection,
 #   and both must stay under `ulimit -n`)
+#   env HUB_BIN=path serves with another amqphub binary (an older build,
+#   for before/after comparisons); the load generator is always this tree's
 #   env HUB_GOGC=n runs the hub with GOGC=n (the Go collector's heap growth
 #   target; the default 100 lets the heap reach twice the live data)
 set -euo pipefail
@@ -46,14 +48,14 @@ stop_hub() {
 start_hub() { # a fresh hub: new data directory, nothing in its heap from earlier runs
 	stop_hub
 	rm -rf "$WORK/hub"
-	env ${HUB_GOGC:+GOGC=$HUB_GOGC} AMQPHUB_PPROF_ADDR=$PPROF "$WORK/amqphub" serve --data-dir "$WORK/hub" --amqp-addr $AMQP \
+	env ${HUB_GOGC:+GOGC=$HUB_GOGC} AMQPHUB_PPROF_ADDR=$PPROF "${HUB_BIN:-$WORK/amqphub}" serve --data-dir "$WORK/hub" --amqp-addr $AMQP \
 		--amqps-addr $AMQPS --https-addr $HTTPS --log-level warn >"$WORK/hub.log" 2>&1 &
 	HUB_PID=$!
 	for _ in $(seq 100); do grep -q "is ready" "$WORK/hub.log" && break; sleep 0.2; done
 	grep -q "is ready" "$WORK/hub.log" || { cat "$WORK/hub.log" >&2; exit 1; }
 	HUB_CS=$(grep -m1 'SharedAccessKeyName=iothubowner' "$WORK/hub.log" | tr -d ' ')
 	echo
-	echo "# fresh hub: ${HUB_GOGC:+GOGC=$HUB_GOGC }amqphub serve --data-dir <tmp> --amqp-addr $AMQP --amqps-addr $AMQPS --https-addr $HTTPS (pid $HUB_PID)"
+	echo "# fresh hub: ${HUB_GOGC:+GOGC=$HUB_GOGC }${HUB_BIN:-amqphub} serve --data-dir <tmp> --amqp-addr $AMQP --amqps-addr $AMQPS --https-addr $HTTPS (pid $HUB_PID)"
 }
 
 echo "# $(date -u +%Y-%m-%dT%H:%MZ) amqphub $(cd "$REPO" && git rev-parse --short HEAD), $(nproc) cores, $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1), $(free -g | awk '/Mem:/ {print $2}') GiB, kernel $(uname -r), ulimit -n $(ulimit -n)"
