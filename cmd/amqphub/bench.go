@@ -39,8 +39,7 @@ temporary directory, fsync on). To measure a hub in its own process, start it
 with "amqphub serve" and pass --hub (its service connection string), --ca and
 --rest-url, and --amqp-url. --generic drives any AMQP 1.0 server instead
 (d2c and e2e): --amqp-url amqp[s]://[user:pass@]host:port and --address.
-
-Flags:
+Run "amqphub bench <scenario> -h" for the flags; BENCHMARKS.md has examples.
 `
 
 // benchFlags are the bench command's settings.
@@ -79,7 +78,7 @@ func benchCmd(args []string, stdout, stderr io.Writer) error {
 	var f benchFlags
 	fs := flag.NewFlagSet("bench "+scenario, flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.Usage = func() { fmt.Fprint(stderr, benchUsage); fs.PrintDefaults() }
+	fs.Usage = func() { fmt.Fprint(stderr, benchUsage, "\nFlags:\n"); fs.PrintDefaults() }
 	f.hub.register(fs)
 	fs.StringVar(&f.amqpURL, "amqp-url", "", "AMQP endpoint: amqp://host:port or amqps://host:port (default: amqps://{HostName}:5671 with --hub); with --generic also the SASL PLAIN login as user:pass@")
 	fs.BoolVar(&f.useTLS, "tls", false, "in-process hub: connect over TLS (AMQPS) instead of plain AMQP")
