@@ -33,6 +33,9 @@ type Env struct {
 	// Log is the telemetry partition log (shared by ingest and readers).
 	Log    partlog.Log
 	Logger *slog.Logger
+	// Cluster is nil in the embedded single-node mode; when set, features
+	// store in JetStream and coordinate across nodes through it.
+	Cluster *Cluster
 }
 
 // Module is a set-up feature.
