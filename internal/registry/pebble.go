@@ -15,6 +15,8 @@ import (
 
 	"github.com/cockroachdb/pebble"
 	"github.com/cockroachdb/pebble/vfs"
+
+	"amqphub/internal/pebbleutil"
 )
 
 // PebbleOptions configures a PebbleStore.
@@ -28,6 +30,10 @@ type PebbleOptions struct {
 	CacheEntries int
 	// Logger receives pebble's log lines; nil means slog.Default().
 	Logger *slog.Logger
+	// DiskGuard sets the free space below which writes are refused with
+	// pebbleutil.ErrNoSpace (default pebbleutil.DefaultReserve). The guard
+	// is off for in-memory stores unless a StatFS is injected.
+	DiskGuard pebbleutil.GuardOptions
 }
 
 // DefaultCacheEntries is the default read-cache size, enough to keep a
@@ -59,6 +65,7 @@ type PebbleStore struct {
 	seed    maphash.Seed
 	cache   *cache
 	lastGen atomic.Int64
+	guard   *pebbleutil.Guard // nil: writes are not guarded
 }
 
 var _ Store = (*PebbleStore)(nil)
@@ -67,7 +74,8 @@ var _ Store = (*PebbleStore)(nil)
 // in-memory one when opts.InMemory is set. The store owns the database and
 // closes it in Close.
 func OpenPebble(dir string, opts PebbleOptions) (*PebbleStore, error) {
-	po := &pebble.Options{Logger: pebbleLogger{log: loggerOr(opts.Logger)}}
+	log := loggerOr(opts.Logger)
+	po := &pebble.Options{Logger: pebbleutil.NewLogger(log, "registry")}
 	if opts.InMemory {
 		po.FS = vfs.NewMem()
 		dir = ""
@@ -80,11 +88,14 @@ func OpenPebble(dir string, opts PebbleOptions) (*PebbleStore, error) {
 	}
 	s := NewPebbleStore(db, DefaultKeyPrefix, opts)
 	s.ownsDB = true
+	s.guard = pebbleutil.NewGuard(dir, opts.InMemory, opts.DiskGuard, log, "registry")
 	return s, nil
 }
 
 // NewPebbleStore returns a store that keeps its keys under prefix in an
 // existing database shared with other components. Close does not close db.
+// Its writes are not guarded against a full disk (opts.DiskGuard is
+// ignored): the database's owner knows its directory and guards it.
 func NewPebbleStore(db *pebble.DB, prefix string, opts PebbleOptions) *PebbleStore {
 	n := opts.CacheEntries
 	if n == 0 {
@@ -103,23 +114,6 @@ func loggerOr(l *slog.Logger) *slog.Logger {
 		return slog.Default()
 	}
 	return l
-}
-
-// pebbleLogger sends pebble's routine messages to slog at debug level.
-type pebbleLogger struct{ log *slog.Logger }
-
-func (l pebbleLogger) Infof(format string, args ...any) {
-	l.log.Debug(fmt.Sprintf(format, args...), "component", "registry/pebble")
-}
-
-func (l pebbleLogger) Errorf(format string, args ...any) {
-	l.log.Error(fmt.Sprintf(format, args...), "component", "registry/pebble")
-}
-
-// Fatalf keeps pebble's contract that it does not return.
-func (l pebbleLogger) Fatalf(format string, args ...any) {
-	l.log.Error(fmt.Sprintf(format, args...), "component", "registry/pebble")
-	pebble.DefaultLogger.Fatalf(format, args...)
 }
 
 // Close closes the store, and the database if the store opened it.
@@ -271,6 +265,11 @@ func (s *PebbleStore) putDevice(d Device) error {
 	if err != nil {
 		return fmt.Errorf("encode device %q: %w", d.DeviceID, err)
 	}
+	// Checked just before the write, so that a full disk does not hide
+	// the outcome a request would otherwise have (404, 409, 412).
+	if err := s.guard.Check(); err != nil {
+		return fmt.Errorf("write device %q: %w", d.DeviceID, err)
+	}
 	if err := s.db.Set(s.deviceKey(d.DeviceID), val, pebble.Sync); err != nil {
 		return fmt.Errorf("write device %q: %w", d.DeviceID, err)
 	}
@@ -282,6 +281,9 @@ func (s *PebbleStore) putModule(m Module) error {
 	val, err := encode(m)
 	if err != nil {
 		return fmt.Errorf("encode module %q on device %q: %w", m.ModuleID, m.DeviceID, err)
+	}
+	if err := s.guard.Check(); err != nil {
+		return fmt.Errorf("write module %q on device %q: %w", m.ModuleID, m.DeviceID, err)
 	}
 	if err := s.db.Set(s.moduleKey(m.DeviceID, m.ModuleID), val, pebble.Sync); err != nil {
 		return fmt.Errorf("write module %q on device %q: %w", m.ModuleID, m.DeviceID, err)
@@ -409,6 +411,10 @@ func (s *PebbleStore) DeleteDevice(ctx context.Context, deviceID, ifMatch string
 	}
 	if !etagMatches(ifMatch, cur.ETag) {
 		return fmt.Errorf("device %q: %w", deviceID, ErrPreconditionFailed)
+	}
+	// A deletion writes tombstones to the WAL like any other write.
+	if err := s.guard.Check(); err != nil {
+		return fmt.Errorf("delete device %q: %w", deviceID, err)
 	}
 	b := s.db.NewBatch()
 	defer b.Close()
@@ -670,6 +676,9 @@ func (s *PebbleStore) DeleteModule(ctx context.Context, deviceID, moduleID, ifMa
 	}
 	if !etagMatches(ifMatch, cur.ETag) {
 		return fmt.Errorf("module %q on device %q: %w", moduleID, deviceID, ErrPreconditionFailed)
+	}
+	if err := s.guard.Check(); err != nil {
+		return fmt.Errorf("delete module %q on device %q: %w", moduleID, deviceID, err)
 	}
 	if err := s.db.Delete(s.moduleKey(deviceID, moduleID), pebble.Sync); err != nil {
 		return fmt.Errorf("delete module %q on device %q: %w", moduleID, deviceID, err)
