@@ -105,10 +105,15 @@ var (
 // hub.KindMethods and the REST routes.
 func Setup(env *hub.Env, cfg Config) (*hub.Module, error) {
 	ep := New(env.Registry, cfg, env.Logger)
+	mod := &hub.Module{Endpoints: map[hub.Kind]hub.Endpoint{hub.KindMethods: ep}}
+	if env.Cluster != nil {
+		ep.SetCluster(env.Cluster)
+		mod.Close = ep.Close
+	}
 	if env.REST != nil {
 		ep.RegisterREST(env.REST)
 	}
-	return &hub.Module{Endpoints: map[hub.Kind]hub.Endpoint{hub.KindMethods: ep}}, nil
+	return mod, nil
 }
 
 // key names a device (module empty) or module.
@@ -126,6 +131,10 @@ type Endpoint struct {
 	reg registry.Store
 	cfg Config
 	log *slog.Logger
+
+	// cluster is set (before serving) when calls may come from, or go
+	// to, other nodes; see cluster.go.
+	cluster *clusterState
 
 	mu      sync.Mutex
 	targets map[key][]*amqp.Link // request links, newest last
@@ -181,6 +190,9 @@ func (e *Endpoint) Attach(req *hub.AttachRequest) *amqp.Error {
 	}
 	e.mu.Lock()
 	e.targets[k] = append(e.targets[k], l)
+	if len(e.targets[k]) == 1 && e.cluster != nil {
+		e.cluster.subscribeLocked(e, k)
+	}
 	if w := e.waiting[k]; w != nil {
 		close(w.ch)
 		delete(e.waiting, k)
@@ -199,6 +211,9 @@ func (e *Endpoint) Attach(req *hub.AttachRequest) *amqp.Error {
 		}
 		if len(ts) == 0 {
 			delete(e.targets, k)
+			if e.cluster != nil {
+				e.cluster.unsubscribeLocked(e, k)
+			}
 		} else {
 			e.targets[k] = ts
 		}
@@ -310,10 +325,18 @@ func (e *Endpoint) Invoke(ctx context.Context, req Request) (Response, error) {
 	if err != nil {
 		return Response{}, fmt.Errorf("method %s on %s: %w", req.MethodName, k, err)
 	}
+	if e.cluster != nil {
+		return e.invokeClustered(ctx, req, k)
+	}
 	l, err := e.target(ctx, k, req.ConnectTimeout)
 	if err != nil {
 		return Response{}, fmt.Errorf("method %s on %s: %w", req.MethodName, k, err)
 	}
+	return e.callLink(ctx, req, k, l)
+}
+
+// callLink sends the request on l and waits for the device's answer.
+func (e *Endpoint) callLink(ctx context.Context, req Request, k key, l *amqp.Link) (Response, error) {
 	id, err := newUUID()
 	if err != nil {
 		return Response{}, err
