@@ -14,6 +14,8 @@ import (
 
 	"github.com/cockroachdb/pebble"
 	"github.com/cockroachdb/pebble/vfs"
+
+	"amqphub/internal/pebbleutil"
 )
 
 // PebbleOptions configures a PebbleStore.
@@ -31,6 +33,11 @@ type PebbleOptions struct {
 	Now func() time.Time
 	// Logger receives pebble's log lines; nil means slog.Default().
 	Logger *slog.Logger
+	// DiskGuard sets the free space below which writes are refused with
+	// pebbleutil.ErrNoSpace (default pebbleutil.DefaultReserve). The guard
+	// is off for in-memory stores (InMemory or FS) unless a StatFS is
+	// injected.
+	DiskGuard pebbleutil.GuardOptions
 }
 
 // lockStripes is the number of per-twin write locks. Writes to twins in
@@ -55,6 +62,7 @@ type PebbleStore struct {
 	log      *slog.Logger
 	now      func() time.Time
 	writeOpt *pebble.WriteOptions
+	guard    *pebbleutil.Guard // nil: writes are not guarded
 	closeMu  sync.RWMutex
 	closed   bool
 	stripes  [lockStripes]sync.Mutex
@@ -78,7 +86,7 @@ func OpenPebble(dir string, opts PebbleOptions) (*PebbleStore, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	po := &pebble.Options{Logger: pebbleLogger{log: log}}
+	po := &pebble.Options{Logger: pebbleutil.NewLogger(log, "twins")}
 	switch {
 	case opts.FS != nil:
 		po.FS = opts.FS
@@ -92,7 +100,8 @@ func OpenPebble(dir string, opts PebbleOptions) (*PebbleStore, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open twin database %q: %w", dir, err)
 	}
-	s := &PebbleStore{db: db, log: log, now: opts.Now, writeOpt: pebble.Sync, seed: maphash.MakeSeed()}
+	s := &PebbleStore{db: db, log: log, now: opts.Now, writeOpt: pebble.Sync, seed: maphash.MakeSeed(),
+		guard: pebbleutil.NewGuard(dir, po.FS != nil, opts.DiskGuard, log, "twins")}
 	if opts.NoSync {
 		s.writeOpt = pebble.NoSync
 	}
@@ -101,23 +110,6 @@ func OpenPebble(dir string, opts PebbleOptions) (*PebbleStore, error) {
 	}
 	s.subs.Store(&[]subscriber{})
 	return s, nil
-}
-
-// pebbleLogger sends pebble's routine messages to slog at debug level.
-type pebbleLogger struct{ log *slog.Logger }
-
-func (l pebbleLogger) Infof(format string, args ...any) {
-	l.log.Debug(fmt.Sprintf(format, args...), "component", "twins/pebble")
-}
-
-func (l pebbleLogger) Errorf(format string, args ...any) {
-	l.log.Error(fmt.Sprintf(format, args...), "component", "twins/pebble")
-}
-
-// Fatalf keeps pebble's contract that it does not return.
-func (l pebbleLogger) Fatalf(format string, args ...any) {
-	l.log.Error(fmt.Sprintf(format, args...), "component", "twins/pebble")
-	pebble.DefaultLogger.Fatalf(format, args...)
 }
 
 // Close closes the database.
@@ -234,6 +226,11 @@ func (s *PebbleStore) write(ctx context.Context, id ID, generation string, apply
 	if err != nil {
 		return Twin{}, fmt.Errorf("encode twin %s: %w", id, err)
 	}
+	// Checked after apply, so that an invalid patch or a stale etag is
+	// reported as such even while the disk is full.
+	if err := s.guard.Check(); err != nil {
+		return Twin{}, fmt.Errorf("write twin %s: %w", id, err)
+	}
 	if err := s.db.Set(twinKey(id), rec, s.writeOpt); err != nil {
 		return Twin{}, fmt.Errorf("write twin %s: %w", id, err)
 	}
@@ -254,6 +251,9 @@ func (s *PebbleStore) Delete(ctx context.Context, id ID) error {
 	mu := s.stripe(id)
 	mu.Lock()
 	defer mu.Unlock()
+	if err := s.guard.Check(); err != nil {
+		return fmt.Errorf("delete twin %s: %w", id, err)
+	}
 	if err := s.db.Delete(twinKey(id), s.writeOpt); err != nil {
 		return fmt.Errorf("delete twin %s: %w", id, err)
 	}
@@ -269,6 +269,9 @@ func (s *PebbleStore) DeleteDevice(ctx context.Context, deviceID string) error {
 	defer s.leave()
 	start := twinKey(id)
 	end := append(bytes.Clone(start[:len(start)-1]), 1)
+	if err := s.guard.Check(); err != nil {
+		return fmt.Errorf("delete twins of device %s: %w", deviceID, err)
+	}
 	if err := s.db.DeleteRange(start, end, s.writeOpt); err != nil {
 		return fmt.Errorf("delete twins of device %s: %w", deviceID, err)
 	}
