@@ -1,0 +1,329 @@
+package jsc2d
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"amqphub/store/c2d"
+)
+
+func sortStrings(s []string) { slices.SortFunc(s, strings.Compare) }
+
+// candidate is an available feedback record found in the cache.
+type candidate struct {
+	queue string
+	fseq  uint64
+	rev   uint64 // effective order revision
+}
+
+func cmpCandidate(a, b candidate) int {
+	if a.rev != b.rev {
+		if a.rev < b.rev {
+			return -1
+		}
+		return 1
+	}
+	if a.queue != b.queue {
+		return strings.Compare(a.queue, b.queue)
+	}
+	if a.fseq < b.fseq {
+		return -1
+	}
+	if a.fseq > b.fseq {
+		return 1
+	}
+	return 0
+}
+
+// candidatesLocked lists the available feedback records, oldest first.
+func (s *Store) candidatesLocked(now int64) []candidate {
+	var out []candidate
+	for id, e := range s.cache {
+		if e.v == nil {
+			continue
+		}
+		for i := range e.v.Fb {
+			f := &e.v.Fb[i]
+			if f.available(now) {
+				rev := f.Rev
+				if rev == 0 {
+					rev = e.rev
+				}
+				out = append(out, candidate{queue: id, fseq: f.FSeq, rev: rev})
+			}
+		}
+	}
+	slices.SortFunc(out, cmpCandidate)
+	return out
+}
+
+// TakeFeedback implements c2d.Store. It picks the oldest available records
+// from the cache, in the order their writes were committed, and locks them
+// with one CAS per queue; records another node locked meanwhile are
+// skipped. The batch token can be settled on this node only.
+func (s *Store) TakeFeedback(ctx context.Context, maxRecords int) (c2d.FeedbackBatch, bool, error) {
+	if maxRecords <= 0 {
+		return c2d.FeedbackBatch{}, false, fmt.Errorf("c2d: take feedback: max %d: %w", maxRecords, c2d.ErrInvalid)
+	}
+	if err := s.begin(ctx); err != nil {
+		return c2d.FeedbackBatch{}, false, opErr("take feedback", "", err)
+	}
+	defer s.inflight.Done()
+	tok := newToken()
+	for attempt := 0; attempt < 8; attempt++ {
+		s.mu.Lock()
+		cands := s.candidatesLocked(nanos(s.cfg.Now()))
+		s.mu.Unlock()
+		if len(cands) == 0 {
+			return c2d.FeedbackBatch{}, false, nil
+		}
+		cands = cands[:min(len(cands), maxRecords)]
+		var queues []string
+		byQueue := map[string][]uint64{}
+		for _, c := range cands {
+			if _, ok := byQueue[c.queue]; !ok {
+				queues = append(queues, c.queue)
+			}
+			byQueue[c.queue] = append(byQueue[c.queue], c.fseq)
+		}
+		var got []candidate
+		recs := map[candidate]c2d.FeedbackRecord{}
+		var until int64
+		var locked []string
+		for _, q := range queues {
+			want := byQueue[q]
+			var mine []candidate
+			_, err := s.mutate(ctx, q, func(v *qval, t *tx) (bool, error) {
+				mine = mine[:0]
+				until = t.now + int64(s.cfg.FeedbackLockDuration)
+				for i := range v.Fb {
+					f := &v.Fb[i]
+					if !slices.Contains(want, f.FSeq) || !f.available(t.now) {
+						continue
+					}
+					f.Tok, f.Until, f.Node = tok, until, s.opts.NodeID
+					c := candidate{queue: q, fseq: f.FSeq, rev: f.Rev}
+					mine = append(mine, c)
+					recs[c] = record(f)
+				}
+				return len(mine) > 0, nil
+			})
+			if err != nil {
+				if len(got) == 0 {
+					return c2d.FeedbackBatch{}, false, opErr("take feedback", "", err)
+				}
+				// Hand out what is locked; the rest stays available.
+				s.log.Warn("c2d: take feedback: lock records", "queue", q, "err", err)
+				break
+			}
+			if len(mine) > 0 {
+				locked = append(locked, q)
+				got = append(got, mine...)
+			}
+		}
+		if len(got) == 0 {
+			continue // every candidate was taken elsewhere; look again
+		}
+		slices.SortFunc(got, cmpCandidate)
+		b := c2d.FeedbackBatch{LockToken: tokenOf(tok), LockedUntil: fromNanos(until), Records: make([]c2d.FeedbackRecord, len(got))}
+		for i, c := range got {
+			b.Records[i] = recs[c]
+		}
+		s.mu.Lock()
+		s.batches[b.LockToken] = &batch{until: until, queues: locked}
+		s.mu.Unlock()
+		return b, true, nil
+	}
+	return c2d.FeedbackBatch{}, false, nil
+}
+
+func record(f *fbrec) c2d.FeedbackRecord {
+	return c2d.FeedbackRecord{
+		OriginalMessageID:  f.MsgID,
+		DeviceID:           f.DevID,
+		DeviceGenerationID: f.GenID,
+		Status:             c2d.FeedbackStatus(f.St),
+		EnqueuedTime:       fromNanos(f.At),
+	}
+}
+
+// WatchFeedback implements c2d.Store.
+func (s *Store) WatchFeedback() (<-chan struct{}, func()) {
+	ch := make(chan struct{}, 1)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return ch, func() {}
+	}
+	s.fbWatchers[ch] = struct{}{}
+	if s.feedbackAvailableLocked(nanos(s.cfg.Now())) {
+		ch <- struct{}{}
+	}
+	return ch, func() {
+		s.mu.Lock()
+		delete(s.fbWatchers, ch)
+		s.mu.Unlock()
+	}
+}
+
+func (s *Store) feedbackAvailableLocked(now int64) bool {
+	for _, e := range s.cache {
+		if e.v != nil && e.v.hasAvailableFb(now) {
+			return true
+		}
+	}
+	return false
+}
+
+// CompleteFeedback implements c2d.Store.
+func (s *Store) CompleteFeedback(ctx context.Context, token c2d.LockToken) error {
+	return s.settleFeedback(ctx, token, true)
+}
+
+// AbandonFeedback implements c2d.Store.
+func (s *Store) AbandonFeedback(ctx context.Context, token c2d.LockToken) error {
+	return s.settleFeedback(ctx, token, false)
+}
+
+func (s *Store) retireBatchLocked(t c2d.LockToken) {
+	delete(s.batches, t)
+	s.retiredFb[t] = struct{}{}
+	s.retiredFbQ = append(s.retiredFbQ, t)
+	if len(s.retiredFbQ) > retiredFbKeep {
+		delete(s.retiredFb, s.retiredFbQ[0])
+		s.retiredFbQ = s.retiredFbQ[1:]
+	}
+}
+
+func (s *Store) settleFeedback(ctx context.Context, token c2d.LockToken, complete bool) error {
+	op := "abandon feedback"
+	if complete {
+		op = "complete feedback"
+	}
+	if err := s.begin(ctx); err != nil {
+		return opErr(op, "", err)
+	}
+	defer s.inflight.Done()
+	now := nanos(s.cfg.Now())
+	s.mu.Lock()
+	b := s.batches[token]
+	if b == nil {
+		err := c2d.ErrNotFound
+		if _, ok := s.retiredFb[token]; ok {
+			err = c2d.ErrLockLost
+		}
+		s.mu.Unlock()
+		return opErr(op, "", fmt.Errorf("lock token %s: %w", token, err))
+	}
+	if now >= b.until {
+		s.retireBatchLocked(token)
+		if s.feedbackAvailableLocked(now) {
+			notify(s.fbWatchers)
+		}
+		s.mu.Unlock()
+		return opErr(op, "", fmt.Errorf("lock expired at %s: %w", fromNanos(b.until).Format(time.RFC3339Nano), c2d.ErrLockLost))
+	}
+	delete(s.batches, token)
+	s.mu.Unlock()
+	for _, q := range b.queues {
+		_, err := s.mutate(ctx, q, func(v *qval, t *tx) (bool, error) {
+			changed := false
+			kept := v.Fb[:0]
+			for _, f := range v.Fb {
+				if len(f.Tok) == 0 || tokenOf(f.Tok) != token {
+					kept = append(kept, f)
+					continue
+				}
+				changed = true
+				if complete {
+					continue
+				}
+				f.N++
+				if f.N >= s.cfg.FeedbackMaxDeliveryCount {
+					continue
+				}
+				f.Tok, f.Until, f.Node = nil, 0, ""
+				kept = append(kept, f)
+			}
+			v.Fb = kept
+			return changed, nil
+		})
+		if err != nil {
+			// The records stay locked until the batch lock expires, then
+			// they are delivered again: at least once, as IoT Hub.
+			return opErr(op, "", err)
+		}
+	}
+	return nil
+}
+
+// PendingFeedback implements c2d.Store: unexpired records, locked or not.
+func (s *Store) PendingFeedback(ctx context.Context) (int, error) {
+	return s.countFeedback(ctx, "pending feedback", func(f *fbrec, now int64) bool { return f.live(now) })
+}
+
+// AvailableFeedback counts the records TakeFeedback would hand out now.
+func (s *Store) AvailableFeedback(ctx context.Context) (int, error) {
+	return s.countFeedback(ctx, "available feedback", func(f *fbrec, now int64) bool { return f.available(now) })
+}
+
+func (s *Store) countFeedback(ctx context.Context, op string, pred func(*fbrec, int64) bool) (int, error) {
+	if err := s.begin(ctx); err != nil {
+		return 0, opErr(op, "", err)
+	}
+	defer s.inflight.Done()
+	now := nanos(s.cfg.Now())
+	n := 0
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, e := range s.cache {
+		if e.v == nil {
+			continue
+		}
+		for i := range e.v.Fb {
+			if pred(&e.v.Fb[i], now) {
+				n++
+			}
+		}
+	}
+	return n, nil
+}
+
+// releaseOwnBatches makes the batches a previous process of this node
+// took available again: their service link is gone.
+func (s *Store) releaseOwnBatches(ctx context.Context) error {
+	var queues []string
+	s.mu.Lock()
+	for id, e := range s.cache {
+		if e.v == nil {
+			continue
+		}
+		for i := range e.v.Fb {
+			if len(e.v.Fb[i].Tok) != 0 && e.v.Fb[i].Node == s.opts.NodeID {
+				queues = append(queues, id)
+				break
+			}
+		}
+	}
+	s.mu.Unlock()
+	for _, q := range queues {
+		_, err := s.mutate(ctx, q, func(v *qval, t *tx) (bool, error) {
+			changed := false
+			for i := range v.Fb {
+				f := &v.Fb[i]
+				if len(f.Tok) != 0 && f.Node == s.opts.NodeID {
+					f.Tok, f.Until, f.Node = nil, 0, ""
+					changed = true
+				}
+			}
+			return changed, nil
+		})
+		if err != nil {
+			return fmt.Errorf("queue %q: %w", q, err)
+		}
+	}
+	return nil
+}

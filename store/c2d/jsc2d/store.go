@@ -1,0 +1,524 @@
+package jsc2d
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"amqphub/store/c2d"
+)
+
+// DefaultBucket names the key-value bucket when Options.Bucket is empty.
+const DefaultBucket = "AMQPHUB_c2d"
+
+// Options configures Open.
+type Options struct {
+	// Bucket is the key-value bucket of the queues; the bodies stream is
+	// Bucket+"_bodies" with subjects Bucket+".bodies.<queue token>".
+	// Default DefaultBucket.
+	Bucket string
+	// Replicas is the replication factor of the bucket and the stream
+	// (default 1).
+	Replicas int
+	// NodeID names this node; feedback batches it took are released when a
+	// store with the same NodeID opens again (the service link that held
+	// them died with the process). Default "node".
+	NodeID string
+	// Timeout bounds each NATS request of an operation, so that calls fail
+	// instead of hanging while NATS is unreachable. Default 5 s.
+	Timeout time.Duration
+	// SweepInterval is how often the background sweeper runs when
+	// Config.ManualSweep is false. Default 1 s.
+	SweepInterval time.Duration
+	// MaxValueBytes bounds a queue value; the oldest feedback records of a
+	// queue are dropped (with a warning) beyond it. Default 768 KiB, under
+	// NATS's default 1 MiB payload limit.
+	MaxValueBytes int
+	// Config holds the IoT Hub limits, the clock and the logger.
+	Config c2d.Config
+}
+
+// Store is the C2D store on NATS JetStream. It implements c2d.Store and
+// the hub's maintenance methods (Release, Generations, DropGenerations,
+// AvailableFeedback). See the package documentation for the design.
+type Store struct {
+	cfg     c2d.Config
+	opts    Options
+	log     *slog.Logger
+	js      jetstream.JetStream
+	kv      jetstream.KeyValue
+	bodies  jetstream.Stream
+	bodyPfx string
+
+	watcher jetstream.KeyWatcher
+	ctx     context.Context // cancelled by Close
+	cancel  context.CancelFunc
+	bg      sync.WaitGroup
+
+	mu         sync.Mutex
+	closed     bool
+	cache      map[string]*entry // queue id → latest known value
+	qlocks     map[string]*qlock
+	fbWatchers map[chan struct{}]struct{}
+	batches    map[c2d.LockToken]*batch
+	retiredFb  map[c2d.LockToken]struct{}
+	retiredFbQ []c2d.LockToken
+
+	inflight  sync.WaitGroup
+	closeOnce sync.Once
+}
+
+// entry is the cached value of one queue key plus node-local watch state.
+type entry struct {
+	rev      uint64
+	v        *qval
+	watchers map[chan struct{}]struct{}
+	timer    *time.Timer // fires at the next lock expiry while watched
+}
+
+type qlock struct {
+	mu   sync.Mutex
+	refs int
+}
+
+// batch is a feedback batch this node handed out.
+type batch struct {
+	until  int64
+	queues []string
+}
+
+const (
+	maxAttempts   = 64
+	retiredFbKeep = 1 << 14
+	leaseKey      = "lease.sweep"
+	leaseFor      = 5 * time.Second
+)
+
+var errConflict = errors.New("too many concurrent updates of the queue")
+
+// Open creates (or binds to) the bucket and the bodies stream, loads every
+// queue into the node-local cache and starts following changes.
+func Open(ctx context.Context, js jetstream.JetStream, opts Options) (*Store, error) {
+	if err := opts.Config.Validate(); err != nil {
+		return nil, err
+	}
+	if opts.Bucket == "" {
+		opts.Bucket = DefaultBucket
+	}
+	if opts.Replicas <= 0 {
+		opts.Replicas = 1
+	}
+	if opts.NodeID == "" {
+		opts.NodeID = "node"
+	}
+	if opts.Timeout <= 0 {
+		opts.Timeout = 5 * time.Second
+	}
+	if opts.SweepInterval <= 0 {
+		opts.SweepInterval = time.Second
+	}
+	if opts.MaxValueBytes <= 0 {
+		opts.MaxValueBytes = 768 << 10
+	}
+	cfg := opts.Config.WithDefaults()
+	s := &Store{
+		cfg:        cfg,
+		opts:       opts,
+		log:        cfg.Logger,
+		js:         js,
+		bodyPfx:    opts.Bucket + ".bodies.",
+		cache:      make(map[string]*entry),
+		qlocks:     make(map[string]*qlock),
+		fbWatchers: make(map[chan struct{}]struct{}),
+		batches:    make(map[c2d.LockToken]*batch),
+		retiredFb:  make(map[c2d.LockToken]struct{}),
+	}
+	octx, cancel := context.WithTimeout(ctx, 4*opts.Timeout)
+	defer cancel()
+	var err error
+	s.kv, err = js.CreateOrUpdateKeyValue(octx, jetstream.KeyValueConfig{
+		Bucket:      opts.Bucket,
+		Description: "amqphub C2D queues and feedback",
+		History:     1,
+		Storage:     jetstream.FileStorage,
+		Replicas:    opts.Replicas,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("c2d: bucket %s: %w", opts.Bucket, err)
+	}
+	s.bodies, err = js.CreateOrUpdateStream(octx, jetstream.StreamConfig{
+		Name:        opts.Bucket + "_bodies",
+		Description: "amqphub C2D message bodies",
+		Subjects:    []string{s.bodyPfx + ">"},
+		Storage:     jetstream.FileStorage,
+		Replicas:    opts.Replicas,
+		AllowDirect: true,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("c2d: bodies stream: %w", err)
+	}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	w, err := s.kv.Watch(s.ctx, "q.>")
+	if err != nil {
+		s.cancel()
+		return nil, fmt.Errorf("c2d: watch %s: %w", opts.Bucket, err)
+	}
+	s.watcher = w
+	// The watcher sends every current value, then nil.
+	for loaded := false; !loaded; {
+		select {
+		case e, ok := <-w.Updates():
+			if !ok {
+				s.cancel()
+				return nil, fmt.Errorf("c2d: watch %s: closed while loading", opts.Bucket)
+			}
+			if e == nil {
+				loaded = true
+				break
+			}
+			s.apply(e)
+		case <-octx.Done():
+			_ = w.Stop()
+			s.cancel()
+			return nil, fmt.Errorf("c2d: load %s: %w", opts.Bucket, octx.Err())
+		}
+	}
+	s.bg.Add(1)
+	go s.follow()
+	if err := s.releaseOwnBatches(octx); err != nil {
+		_ = s.Close()
+		return nil, fmt.Errorf("c2d: release the feedback batches of node %s: %w", opts.NodeID, err)
+	}
+	s.bg.Add(1)
+	go s.background()
+	return s, nil
+}
+
+// follow applies the changes other nodes (and this one) make.
+func (s *Store) follow() {
+	defer s.bg.Done()
+	for {
+		select {
+		case e, ok := <-s.watcher.Updates():
+			if !ok {
+				return
+			}
+			if e != nil {
+				s.apply(e)
+			}
+		case <-s.ctx.Done():
+			return
+		}
+	}
+}
+
+// apply puts a watched entry into the cache.
+func (s *Store) apply(e jetstream.KeyValueEntry) {
+	if e.Operation() != jetstream.KeyValuePut {
+		return // queue keys are never deleted
+	}
+	v, err := decodeQ(e.Value())
+	if err != nil {
+		s.log.Error("c2d: undecodable queue value", "key", e.Key(), "err", err)
+		return
+	}
+	s.mu.Lock()
+	s.putLocked(v.ID, e.Revision(), v)
+	s.mu.Unlock()
+}
+
+// putLocked stores v at rev unless the cache already holds a newer
+// revision, and signals the watchers it may concern.
+func (s *Store) putLocked(id string, rev uint64, v *qval) {
+	e := s.cache[id]
+	if e == nil {
+		e = &entry{}
+		s.cache[id] = e
+	} else if e.rev >= rev {
+		return
+	}
+	e.rev, e.v = rev, v
+	now := nanos(s.cfg.Now())
+	if len(e.watchers) > 0 {
+		if v.hasAvailable(now) {
+			notify(e.watchers)
+		}
+		s.armLocked(e, now)
+	}
+	if len(s.fbWatchers) > 0 && v.hasAvailableFb(now) {
+		notify(s.fbWatchers)
+	}
+}
+
+// armLocked sets e's timer to its next lock expiry, so that a watcher
+// hears of the lock's end without polling. With a manual clock, Sweep
+// signals instead.
+func (s *Store) armLocked(e *entry, now int64) {
+	if s.cfg.ManualSweep || e.v == nil {
+		return
+	}
+	next := e.v.nextLockExpiry(now)
+	if next == 0 {
+		if e.timer != nil {
+			e.timer.Stop()
+		}
+		return
+	}
+	d := time.Duration(next - now)
+	if e.timer == nil {
+		e.timer = time.AfterFunc(d, func() { s.lockExpired(e) })
+	} else {
+		e.timer.Reset(d)
+	}
+}
+
+func (s *Store) lockExpired(e *entry) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed || len(e.watchers) == 0 || e.v == nil {
+		return
+	}
+	now := nanos(s.cfg.Now())
+	if e.v.hasAvailable(now) {
+		notify(e.watchers)
+	}
+	s.armLocked(e, now)
+}
+
+func notify(ws map[chan struct{}]struct{}) {
+	for ch := range ws {
+		select {
+		case ch <- struct{}{}:
+		default:
+		}
+	}
+}
+
+func queueKey(id string) string { return "q." + base64.RawURLEncoding.EncodeToString([]byte(id)) }
+
+func (s *Store) bodySubject(id string) string {
+	return s.bodyPfx + base64.RawURLEncoding.EncodeToString([]byte(id))
+}
+
+// begin admits an operation; the caller must call s.inflight.Done.
+func (s *Store) begin(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return c2d.ErrClosed
+	}
+	s.inflight.Add(1)
+	return nil
+}
+
+// lockQueue serialises this node's operations on one queue, so that CAS
+// conflicts only happen between nodes.
+func (s *Store) lockQueue(id string) func() {
+	s.mu.Lock()
+	l := s.qlocks[id]
+	if l == nil {
+		l = &qlock{}
+		s.qlocks[id] = l
+	}
+	l.refs++
+	s.mu.Unlock()
+	l.mu.Lock()
+	return func() {
+		l.mu.Unlock()
+		s.mu.Lock()
+		if l.refs--; l.refs == 0 {
+			delete(s.qlocks, id)
+		}
+		s.mu.Unlock()
+	}
+}
+
+// snapshot returns the cached value of id (nil if unknown) and its revision.
+func (s *Store) snapshot(id string) (*qval, uint64, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	e := s.cache[id]
+	if e == nil || e.v == nil {
+		return nil, 0, false
+	}
+	return e.v, e.rev, true
+}
+
+// fetch reads id's value from the bucket and caches it.
+func (s *Store) fetch(ctx context.Context, id string) (*qval, uint64, error) {
+	c, cancel := context.WithTimeout(ctx, s.opts.Timeout)
+	defer cancel()
+	e, err := s.kv.Get(c, queueKey(id))
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return &qval{ID: id}, 0, nil
+	}
+	if err != nil {
+		return nil, 0, fmt.Errorf("read queue: %w", err)
+	}
+	v, err := decodeQ(e.Value())
+	if err != nil {
+		return nil, 0, err
+	}
+	s.mu.Lock()
+	s.putLocked(id, e.Revision(), v)
+	s.mu.Unlock()
+	return v, e.Revision(), nil
+}
+
+// tx is what a mutation sees besides the value.
+type tx struct {
+	now   int64
+	fresh bool // the value was just read from the bucket, not the cache
+	ch    change
+}
+
+// errRefresh asks mutate to run the function again on a fresh read: the
+// cached value did not know something (a token issued on another node).
+var errRefresh = errors.New("refresh")
+
+// mutate applies fn to the latest value of queue id and writes the result
+// with a CAS on the revision, retrying on conflicts. fn reports whether it
+// changed the value; an error with a change still writes the change (an
+// expiry met on the way) and then returns the error. It returns the tx of
+// the attempt that won, whose bodies are then deleted.
+func (s *Store) mutate(ctx context.Context, id string, fn func(v *qval, t *tx) (bool, error)) (*tx, error) {
+	unlock := s.lockQueue(id)
+	defer unlock()
+	v, rev, ok := s.snapshot(id)
+	fresh := false
+	for attempt := 0; attempt < maxAttempts; attempt++ {
+		if !ok {
+			var err error
+			if v, rev, err = s.fetch(ctx, id); err != nil {
+				return nil, err
+			}
+			fresh = true
+		}
+		nv := v.clone()
+		if nv.ID == "" {
+			nv.ID = id
+		}
+		nv.stamp(rev)
+		t := &tx{now: nanos(s.cfg.Now()), fresh: fresh}
+		changed, ferr := fn(nv, t)
+		if errors.Is(ferr, errRefresh) && !fresh {
+			ok = false
+			continue
+		}
+		if !changed {
+			return t, ferr
+		}
+		dropped, data, err := nv.capFeedback(s.opts.MaxValueBytes)
+		if err != nil {
+			return nil, err
+		}
+		if dropped > 0 {
+			s.log.Warn("c2d: queue value too large, oldest feedback records dropped", "queue", id, "dropped", dropped)
+		}
+		newRev, err := s.write(ctx, id, rev, data)
+		if errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+			ok = false
+			backoff(attempt)
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("write queue: %w", err)
+		}
+		s.mu.Lock()
+		s.putLocked(id, newRev, nv)
+		s.mu.Unlock()
+		s.deleteBodies(t.ch.bodies)
+		return t, ferr
+	}
+	return nil, errConflict
+}
+
+func backoff(attempt int) {
+	if attempt < 2 {
+		return
+	}
+	var b [1]byte
+	_, _ = rand.Read(b[:])
+	time.Sleep(time.Duration(int(b[0])%(attempt*100)+50) * time.Microsecond)
+}
+
+func (s *Store) write(ctx context.Context, id string, rev uint64, data []byte) (uint64, error) {
+	c, cancel := context.WithTimeout(ctx, s.opts.Timeout)
+	defer cancel()
+	if rev == 0 {
+		return s.kv.Create(c, queueKey(id), data)
+	}
+	return s.kv.Update(c, queueKey(id), data, rev)
+}
+
+// deleteBodies removes bodies whose messages are gone. A failure only
+// leaves an orphan, which the sweeper removes later.
+func (s *Store) deleteBodies(seqs []uint64) {
+	for _, seq := range seqs {
+		c, cancel := context.WithTimeout(s.ctx, s.opts.Timeout)
+		err := s.bodies.DeleteMsg(c, seq)
+		cancel()
+		if err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) && !errors.Is(err, context.Canceled) {
+			s.log.Warn("c2d: delete message body", "seq", seq, "err", err)
+		}
+	}
+}
+
+func newToken() []byte {
+	for {
+		t := make([]byte, 16)
+		_, _ = rand.Read(t) // crypto/rand.Read never fails (Go ≥ 1.24)
+		if tokenOf(t) != (c2d.LockToken{}) {
+			return t
+		}
+	}
+}
+
+// Close stops following the bucket and waits for running operations.
+// The bucket and the stream are left as they are. Watch channels are never
+// signalled again.
+func (s *Store) Close() error {
+	s.closeOnce.Do(func() {
+		s.mu.Lock()
+		s.closed = true
+		for _, e := range s.cache {
+			if e.timer != nil {
+				e.timer.Stop()
+			}
+		}
+		s.mu.Unlock()
+		s.inflight.Wait()
+		s.cancel()
+		_ = s.watcher.Stop()
+		s.bg.Wait()
+	})
+	return nil
+}
+
+func validQueueID(id string) error {
+	if id == "" {
+		return fmt.Errorf("empty queue id: %w", c2d.ErrInvalid)
+	}
+	if len(id) > c2d.MaxIDBytes {
+		return fmt.Errorf("queue id of %d bytes exceeds %d: %w", len(id), c2d.MaxIDBytes, c2d.ErrInvalid)
+	}
+	return nil
+}
+
+// opErr wraps err with the operation and queue.
+func opErr(op, id string, err error) error {
+	if id == "" {
+		return fmt.Errorf("c2d: %s: %w", op, err)
+	}
+	return fmt.Errorf("c2d: %s on %q: %w", op, id, err)
+}
