@@ -51,4 +51,15 @@
 // Lock and TakeFeedback do not wait for their write: a lock that is lost in a
 // crash only makes the message available earlier, which the at-least-once
 // contract already allows.
+//
+// # Disk full
+//
+// While the free space of the store's directory is below its reserve
+// (PebbleOptions.DiskGuard), every operation that may write (all of the
+// above, Lock, TakeFeedback, Release, DropGenerations) fails with an error
+// wrapping pebbleutil.ErrNoSpace before it changes anything; reads (Pending,
+// PendingFeedback, AvailableFeedback, Generations, Watch) go on, and the
+// sweeper retries its expiries every second. Writes resume by themselves
+// when space returns. Refusing up front keeps Pebble from ever hitting a
+// full disk in its WAL, which it cannot survive.
 package c2d

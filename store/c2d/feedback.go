@@ -105,10 +105,15 @@ func (s *PebbleStore) notifyFeedbackLocked() {
 }
 
 // TakeFeedback implements Store. It does not wait for durability: the
-// only writes it can make are deletions of expired records.
+// only writes it can make are deletions of expired records. It is refused
+// with ErrNoSpace all the same, as Lock is: a batch the service cannot
+// complete would only come back as a duplicate.
 func (s *PebbleStore) TakeFeedback(ctx context.Context, maxRecords int) (FeedbackBatch, bool, error) {
 	if maxRecords <= 0 {
 		return FeedbackBatch{}, false, fmt.Errorf("c2d: take feedback: max %d: %w", maxRecords, ErrInvalid)
+	}
+	if err := s.writable(); err != nil {
+		return FeedbackBatch{}, false, fmt.Errorf("c2d: take feedback: %w", err)
 	}
 	s.mu.Lock()
 	if err := s.begin(ctx); err != nil {
@@ -188,6 +193,9 @@ func (s *PebbleStore) settleFeedback(ctx context.Context, token LockToken, compl
 	op := "abandon"
 	if complete {
 		op = "complete"
+	}
+	if err := s.writable(); err != nil {
+		return fmt.Errorf("c2d: %s feedback: %w", op, err)
 	}
 	s.mu.Lock()
 	if err := s.begin(ctx); err != nil {

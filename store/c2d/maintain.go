@@ -22,6 +22,9 @@ func (s *PebbleStore) Release(ctx context.Context, queueID string, token LockTok
 	if err := validQueueID(queueID); err != nil {
 		return fmt.Errorf("c2d: release: %w", err)
 	}
+	if err := s.writable(); err != nil {
+		return fmt.Errorf("c2d: release on %q: %w", queueID, err)
+	}
 	s.mu.Lock()
 	if err := s.begin(ctx); err != nil {
 		s.mu.Unlock()
@@ -109,6 +112,9 @@ func (s *PebbleStore) Generations(ctx context.Context) (map[string][]string, err
 func (s *PebbleStore) DropGenerations(ctx context.Context, queueID, keep string) (int, error) {
 	if err := validQueueID(queueID); err != nil {
 		return 0, fmt.Errorf("c2d: drop generations: %w", err)
+	}
+	if err := s.writable(); err != nil {
+		return 0, fmt.Errorf("c2d: drop generations of %q: %w", queueID, err)
 	}
 	s.mu.Lock()
 	if err := s.begin(ctx); err != nil {

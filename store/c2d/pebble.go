@@ -14,6 +14,8 @@ import (
 
 	"github.com/cockroachdb/pebble"
 	"github.com/cockroachdb/pebble/vfs"
+
+	"amqphub/internal/pebbleutil"
 )
 
 // PebbleOptions configures OpenPebble.
@@ -28,10 +30,19 @@ type PebbleOptions struct {
 	// NoSync skips the fsync of each group commit: a process crash loses
 	// nothing, an OS crash loses the last commits. For benchmarks and tests.
 	NoSync bool
+	// DiskGuard sets the free space below which operations that write are
+	// refused with pebbleutil.ErrNoSpace (default
+	// pebbleutil.DefaultReserve). The guard is off for in-memory stores
+	// (InMemory or FS) unless a StatFS is injected.
+	DiskGuard pebbleutil.GuardOptions
 
 	// testHookBeforeCommit runs in the committer before each commit.
 	testHookBeforeCommit func()
 }
+
+// sweepRetry is how long the sweeper waits before trying again when the
+// disk has no room for the expiries it has to write.
+const sweepRetry = time.Second
 
 // PebbleStore is the embedded Store, on a Pebble database of its own.
 //
@@ -43,6 +54,7 @@ type PebbleStore struct {
 	db       *pebble.DB
 	log      *slog.Logger
 	writeOpt *pebble.WriteOptions
+	guard    *pebbleutil.Guard // nil: writes are not guarded
 
 	mu         sync.Mutex
 	closed     bool
@@ -129,7 +141,7 @@ func OpenPebble(dir string, opts PebbleOptions) (*PebbleStore, error) {
 		return nil, err
 	}
 	cfg := opts.Config.WithDefaults()
-	po := &pebble.Options{Logger: pebbleLogger{cfg.Logger}}
+	po := &pebble.Options{Logger: pebbleutil.NewLogger(cfg.Logger, "c2d")}
 	switch {
 	case opts.FS != nil:
 		po.FS = opts.FS
@@ -159,6 +171,7 @@ func OpenPebble(dir string, opts PebbleOptions) (*PebbleStore, error) {
 	if opts.NoSync {
 		s.writeOpt = pebble.NoSync
 	}
+	s.guard = pebbleutil.NewGuard(dir, po.FS != nil, opts.DiskGuard, cfg.Logger, "c2d")
 	s.testHookBeforeCommit = opts.testHookBeforeCommit
 	if err := s.load(); err != nil {
 		_ = db.Close()
@@ -281,6 +294,18 @@ func (s *PebbleStore) newCommitBatch() *commitBatch {
 // Commits reports how many group commits the store has made. With many
 // concurrent callers it grows far slower than the number of operations.
 func (s *PebbleStore) Commits() uint64 { return s.commits.Load() }
+
+// writable admits an operation that may write: it fails with ErrNoSpace
+// while the disk is below its reserve. It is called before mu is taken and
+// before anything changes in memory, because the in-memory state is updated
+// as the batch is gathered: a batch refused later could not be taken back,
+// memory and disk would disagree, and the store would have to refuse all
+// work until reopened. So the committer itself never refuses a batch (the
+// reserve is what the admitted writes consume), refused callers simply fail,
+// and the committer goes on with the others.
+func (s *PebbleStore) writable() error {
+	return s.guard.Check()
+}
 
 // begin admits an operation. It must be called with mu held; on success the
 // caller must call s.inflight.Done when it no longer touches the database.
@@ -425,6 +450,17 @@ func (s *PebbleStore) sweepLoop() {
 		s.mu.Unlock()
 		if has && wait <= 0 {
 			if err := s.Sweep(context.Background()); err != nil {
+				if errors.Is(err, pebbleutil.ErrNoSpace) {
+					// Expiries wait for space (the guard logged it);
+					// operations meanwhile see expired messages as such.
+					t.Reset(sweepRetry)
+					select {
+					case <-t.C:
+					case <-s.stopSweep:
+						return
+					}
+					continue
+				}
 				if !errors.Is(err, ErrClosed) {
 					s.log.Error("c2d: sweep failed", "err", err)
 				}
@@ -518,20 +554,6 @@ func (s *PebbleStore) Close() error {
 		}
 	})
 	return s.closeErr
-}
-
-// pebbleLogger routes Pebble's messages to slog. Pebble calls Fatalf only
-// for broken invariants and expects the process to stop, as its default
-// logger does.
-type pebbleLogger struct{ l *slog.Logger }
-
-func (p pebbleLogger) Infof(format string, args ...any) {
-	p.l.Debug("pebble: " + fmt.Sprintf(format, args...))
-}
-
-func (p pebbleLogger) Fatalf(format string, args ...any) {
-	p.l.Error("pebble: fatal: " + fmt.Sprintf(format, args...))
-	pebble.DefaultLogger.Fatalf(format, args...)
 }
 
 // retiredRing remembers the most recent tokens whose lock was lost rather

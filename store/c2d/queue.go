@@ -180,6 +180,9 @@ func (s *PebbleStore) Enqueue(ctx context.Context, queueID string, nm NewMessage
 	if err := s.validNew(&nm); err != nil {
 		return 0, fmt.Errorf("c2d: enqueue to %q: %w", queueID, err)
 	}
+	if err := s.writable(); err != nil {
+		return 0, fmt.Errorf("c2d: enqueue to %q: %w", queueID, err)
+	}
 	s.mu.Lock()
 	if err := s.begin(ctx); err != nil {
 		s.mu.Unlock()
@@ -237,9 +240,17 @@ func (s *PebbleStore) Enqueue(ctx context.Context, queueID string, nm NewMessage
 
 // Lock implements Store. It does not wait for the lock to be durable (see
 // the package documentation); it reads the body after releasing mu.
+//
+// Lock writes (the lock state), so it is refused with ErrNoSpace like the
+// other writes although it does not wait: the device could not settle the
+// message anyway, and a message it cannot complete only comes back later
+// as a duplicate.
 func (s *PebbleStore) Lock(ctx context.Context, queueID string) (Message, bool, error) {
 	if err := validQueueID(queueID); err != nil {
 		return Message{}, false, fmt.Errorf("c2d: lock: %w", err)
+	}
+	if err := s.writable(); err != nil {
+		return Message{}, false, fmt.Errorf("c2d: lock on %q: %w", queueID, err)
 	}
 	s.mu.Lock()
 	if err := s.begin(ctx); err != nil {
@@ -391,6 +402,9 @@ func (s *PebbleStore) settle(ctx context.Context, queueID string, token LockToke
 	if err := validQueueID(queueID); err != nil {
 		return fmt.Errorf("c2d: %s: %w", op, err)
 	}
+	if err := s.writable(); err != nil {
+		return fmt.Errorf("c2d: %s on %q: %w", op, queueID, err)
+	}
 	s.mu.Lock()
 	if err := s.begin(ctx); err != nil {
 		s.mu.Unlock()
@@ -451,6 +465,9 @@ func (s *PebbleStore) Purge(ctx context.Context, queueID string) (int, error) {
 	if err := validQueueID(queueID); err != nil {
 		return 0, fmt.Errorf("c2d: purge: %w", err)
 	}
+	if err := s.writable(); err != nil {
+		return 0, fmt.Errorf("c2d: purge %q: %w", queueID, err)
+	}
 	s.mu.Lock()
 	if err := s.begin(ctx); err != nil {
 		s.mu.Unlock()
@@ -476,6 +493,9 @@ func (s *PebbleStore) Purge(ctx context.Context, queueID string) (int, error) {
 func (s *PebbleStore) DeleteQueue(ctx context.Context, queueID string) error {
 	if err := validQueueID(queueID); err != nil {
 		return fmt.Errorf("c2d: delete queue: %w", err)
+	}
+	if err := s.writable(); err != nil {
+		return fmt.Errorf("c2d: delete queue %q: %w", queueID, err)
 	}
 	s.mu.Lock()
 	if err := s.begin(ctx); err != nil {
@@ -531,6 +551,9 @@ func (s *PebbleStore) Pending(ctx context.Context, queueID string) (Counts, erro
 
 // Sweep implements Store.
 func (s *PebbleStore) Sweep(ctx context.Context) error {
+	if err := s.writable(); err != nil {
+		return fmt.Errorf("c2d: sweep: %w", err)
+	}
 	s.mu.Lock()
 	if err := s.begin(ctx); err != nil {
 		s.mu.Unlock()
