@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"amqphub/internal/auth"
+	"amqphub/internal/pebbleutil"
 	"amqphub/internal/registry"
 )
 
@@ -101,10 +102,12 @@ type moduleInput struct {
 }
 
 // decodeBody reads one JSON value into v. An empty body or a JSON null is
-// an error: every route that reads a body needs one.
+// an error: every route that reads a body needs one (decoding null into a
+// struct would silently leave it zero, creating a device with defaults).
 func decodeBody(r *http.Request, v any) error {
 	dec := json.NewDecoder(r.Body)
-	if err := dec.Decode(v); err != nil {
+	var raw json.RawMessage
+	if err := dec.Decode(&raw); err != nil {
 		var tooBig *http.MaxBytesError
 		if errors.As(err, &tooBig) {
 			return err
@@ -124,7 +127,21 @@ func decodeBody(r *http.Request, v any) error {
 		}
 		return fmt.Errorf("%w: extra data after the JSON value", errBadJSON)
 	}
+	if string(raw) == "null" {
+		return fmt.Errorf("%w: the body is null, it must be a JSON object", errBadJSON)
+	}
+	if err := json.Unmarshal(raw, v); err != nil {
+		return fmt.Errorf("%w: %v", errBadJSON, err)
+	}
 	return nil
+}
+
+// identityChanged tells the server that an identity's credentials or
+// status may have changed, so that its live connections are checked now.
+func (h *Handler) identityChanged(deviceID, moduleID string) {
+	if h.changed != nil {
+		h.changed(deviceID, moduleID)
+	}
 }
 
 // ifMatch returns the If-Match header and whether it was sent.
@@ -190,7 +207,8 @@ func (h *Handler) putDevice(w http.ResponseWriter, r *http.Request, _ auth.Ident
 	}
 	var d registry.Device
 	var err error
-	if etag, conditional := ifMatch(r); conditional {
+	etag, conditional := ifMatch(r)
+	if conditional {
 		d, err = h.reg.ReplaceDevice(r.Context(), in.toRegistry(), etag)
 	} else {
 		d, err = h.reg.CreateDevice(r.Context(), in.toRegistry())
@@ -198,6 +216,9 @@ func (h *Handler) putDevice(w http.ResponseWriter, r *http.Request, _ auth.Ident
 	if err != nil {
 		h.WriteRegistryError(w, r, err)
 		return
+	}
+	if conditional {
+		h.identityChanged(d.DeviceID, "")
 	}
 	setETag(w, d.ETag)
 	WriteJSON(w, http.StatusOK, d)
@@ -209,6 +230,7 @@ func (h *Handler) deleteDevice(w http.ResponseWriter, r *http.Request, _ auth.Id
 		h.WriteRegistryError(w, r, err)
 		return
 	}
+	h.identityChanged(r.PathValue("id"), "")
 	w.WriteHeader(http.StatusNoContent)
 }
 
@@ -250,7 +272,8 @@ func (h *Handler) putModule(w http.ResponseWriter, r *http.Request, _ auth.Ident
 	}
 	m := registry.Module{DeviceID: did, ModuleID: mid, Authentication: in.Authentication.toRegistry(), ManagedBy: in.ManagedBy}
 	var err error
-	if etag, conditional := ifMatch(r); conditional {
+	etag, conditional := ifMatch(r)
+	if conditional {
 		m, err = h.reg.ReplaceModule(r.Context(), m, etag)
 	} else {
 		m, err = h.reg.CreateModule(r.Context(), m)
@@ -258,6 +281,9 @@ func (h *Handler) putModule(w http.ResponseWriter, r *http.Request, _ auth.Ident
 	if err != nil {
 		h.WriteRegistryError(w, r, err)
 		return
+	}
+	if conditional {
+		h.identityChanged(did, mid)
 	}
 	setETag(w, m.ETag)
 	WriteJSON(w, http.StatusOK, m)
@@ -269,6 +295,7 @@ func (h *Handler) deleteModule(w http.ResponseWriter, r *http.Request, _ auth.Id
 		h.WriteRegistryError(w, r, err)
 		return
 	}
+	h.identityChanged(r.PathValue("id"), r.PathValue("mid"))
 	w.WriteHeader(http.StatusNoContent)
 }
 
@@ -359,13 +386,20 @@ func (h *Handler) bulkDevices(w http.ResponseWriter, r *http.Request, _ auth.Ide
 		if e.ID != "" {
 			e.DeviceID = e.ID
 		}
-		if err := h.bulkOne(r, e); err != nil {
+		err := h.bulkOne(r, e)
+		if err != nil {
 			status, code := StatusFor(err)
-			if status == http.StatusInternalServerError {
+			if status == http.StatusInternalServerError || errors.Is(err, pebbleutil.ErrNoSpace) {
+				// Not the entry's fault: the whole request fails (the
+				// entries before it stay applied, as with a 500).
 				h.WriteRegistryError(w, r, err)
 				return
 			}
 			res.Errors = append(res.Errors, DeviceRegistryOperationError{DeviceID: e.DeviceID, ErrorCode: code, ErrorStatus: err.Error()})
+			continue
+		}
+		if !strings.EqualFold(e.ImportMode, "create") {
+			h.identityChanged(e.DeviceID, "")
 		}
 	}
 	res.IsSuccessful = len(res.Errors) == 0

@@ -28,6 +28,7 @@ import (
 	"time"
 
 	"amqphub/internal/auth"
+	"amqphub/internal/pebbleutil"
 	"amqphub/internal/registry"
 )
 
@@ -48,6 +49,13 @@ type Config struct {
 	Now func() time.Time
 	// MaxBodyBytes bounds request bodies; 0 means DefaultMaxBodyBytes.
 	MaxBodyBytes int64
+	// OnIdentityChange, when set, is called after a device or module was
+	// replaced or deleted through this handler (moduleID "" for a device),
+	// before the response is written, so that live connections of the
+	// identity are checked again at once (the server wires it to the hub's
+	// RevalidateDevice/RevalidateModule) and a client that saw the response
+	// knows the change took effect. It must not block for long.
+	OnIdentityChange func(deviceID, moduleID string)
 }
 
 // DefaultMaxBodyBytes is the default request body limit. A bulk request of
@@ -66,6 +74,7 @@ type Handler struct {
 	log     *slog.Logger
 	now     func() time.Time
 	maxBody int64
+	changed func(deviceID, moduleID string)
 }
 
 // New returns a Handler with the registry routes installed.
@@ -83,6 +92,7 @@ func New(cfg Config) (*Handler, error) {
 		log:     cfg.Logger,
 		now:     cfg.Now,
 		maxBody: cfg.MaxBodyBytes,
+		changed: cfg.OnIdentityChange,
 	}
 	if h.log == nil {
 		h.log = slog.Default()
@@ -180,12 +190,25 @@ type errorBody struct {
 	ExceptionMessage string `json:"ExceptionMessage"`
 }
 
+// NoSpaceMessage is the message of a 503 for a write refused because the
+// hub's disk is full.
+const NoSpaceMessage = "insufficient disk space: the hub refuses writes until space returns, retry later"
+
+// RetryAfterSeconds is the Retry-After of 503 responses: the hub is
+// shutting down or its disk is full, and either passes within seconds or
+// needs an operator.
+const RetryAfterSeconds = "10"
+
 // WriteError writes an IoT Hub error response: status, the
 // iothub-errorcode header and a body
 // {"Message":"ErrorCode:<code>;<message>","ExceptionMessage":"Tracking ID:..."}.
-// Semicolons in message are replaced because clients split on them.
+// Semicolons in message are replaced because clients split on them. A 503
+// carries a Retry-After header.
 func WriteError(w http.ResponseWriter, status int, code ErrorCode, message string) {
 	message = strings.ReplaceAll(message, ";", ",")
+	if status == http.StatusServiceUnavailable {
+		w.Header().Set("Retry-After", RetryAfterSeconds)
+	}
 	var tid [8]byte
 	_, _ = rand.Read(tid[:])
 	body := errorBody{
@@ -214,6 +237,12 @@ func WriteJSON(w http.ResponseWriter, status int, v any) {
 // its details.
 func (h *Handler) WriteRegistryError(w http.ResponseWriter, r *http.Request, err error) {
 	status, code := StatusFor(err)
+	if errors.Is(err, pebbleutil.ErrNoSpace) {
+		// The store's guard logged the details (directory, figures) once;
+		// the client learns the cause.
+		WriteError(w, status, code, NoSpaceMessage)
+		return
+	}
 	if status == http.StatusInternalServerError {
 		h.log.Error("rest: request failed", "method", r.Method, "path", r.URL.Path, "err", err)
 		WriteError(w, status, code, "internal error")
@@ -244,6 +273,10 @@ func StatusFor(err error) (int, ErrorCode) {
 	case errors.Is(err, errBadJSON):
 		return http.StatusBadRequest, CodeFormatError
 	case errors.Is(err, registry.ErrClosed):
+		return http.StatusServiceUnavailable, CodeServiceUnavailable
+	case errors.Is(err, pebbleutil.ErrNoSpace):
+		// The store refuses writes until disk space returns: the
+		// request may succeed when retried.
 		return http.StatusServiceUnavailable, CodeServiceUnavailable
 	}
 	return http.StatusInternalServerError, CodeServerError

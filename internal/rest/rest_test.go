@@ -32,7 +32,15 @@ type env struct {
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
-	reg, err := registry.OpenPebble("", registry.PebbleOptions{InMemory: true})
+	return newEnvWith(t, registry.PebbleOptions{}, nil)
+}
+
+// newEnvWith is newEnv with registry options (always in memory) and a
+// function that adjusts the handler's configuration.
+func newEnvWith(t *testing.T, ro registry.PebbleOptions, mod func(*Config)) *env {
+	t.Helper()
+	ro.InMemory = true
+	reg, err := registry.OpenPebble("", ro)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -41,7 +49,11 @@ func newEnv(t *testing.T) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h, err := New(Config{Registry: reg, Auth: a, MaxBodyBytes: 64 << 10})
+	cfg := Config{Registry: reg, Auth: a, MaxBodyBytes: 64 << 10}
+	if mod != nil {
+		mod(&cfg)
+	}
+	h, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -333,6 +345,10 @@ func TestDeviceErrors(t *testing.T) {
 		{"slash in id", "PUT", "/devices/a%2Fb", map[string]any{}, 400, CodeArgumentInvalid},
 		{"bad json", "PUT", "/devices/a", `{"deviceId":`, 400, CodeFormatError},
 		{"empty body", "PUT", "/devices/a", nil, 400, CodeFormatError},
+		{"null body", "PUT", "/devices/a", `null`, 400, CodeFormatError},
+		{"null body with spaces", "PUT", "/devices/a", " null \n", 400, CodeFormatError},
+		{"null module body", "PUT", "/devices/a/modules/m", `null`, 400, CodeFormatError},
+		{"null bulk body", "POST", "/devices", `null`, 400, CodeFormatError},
 		{"trailing data", "PUT", "/devices/a", `{} {}`, 400, CodeFormatError},
 		{"wrong type", "PUT", "/devices/a", `{"status":5}`, 400, CodeFormatError},
 		{"bad status", "PUT", "/devices/a", map[string]any{"status": "paused"}, 400, CodeArgumentInvalid},
