@@ -72,6 +72,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	"amqphub/amqp"
 	"amqphub/amqp/encoding"
 	"amqphub/amqp/frames"
@@ -87,6 +89,12 @@ type Config struct {
 	// MaxConsumerGroups bounds the consumer groups, $Default included.
 	// Default 20 (IoT Hub's limit).
 	MaxConsumerGroups int `yaml:"maxConsumerGroups"`
+	// LeaseHeartbeat is how often a cluster node renews the ownership
+	// leases of its partition readers; a lease expires three heartbeats
+	// after its last renewal, which bounds how long the readers of a node
+	// that died keep their partitions. Default 2 s. Unused on a single
+	// node.
+	LeaseHeartbeat time.Duration `yaml:"leaseHeartbeat"`
 }
 
 // MaxReadersPerPartition is how many readers without epoch may read one
@@ -129,7 +137,8 @@ type endpoint struct {
 	entity string
 	log    partlog.Log
 	nparts int
-	groups *groupStore
+	groups groupBackend
+	leases *leases // nil on a single node
 	env    *hub.Env
 	logger *slog.Logger
 	now    func() time.Time
@@ -163,26 +172,47 @@ func newEndpoint(env *hub.Env, cfg Config) (*endpoint, error) {
 	if maxGroups < 1 {
 		return nil, fmt.Errorf("eventhub: MaxConsumerGroups %d must be at least 1", cfg.MaxConsumerGroups)
 	}
-	path := ""
-	if !env.InMemory {
-		if env.DataDir == "" {
-			return nil, errors.New("eventhub: a data directory is required unless in memory")
-		}
-		path = filepath.Join(env.DataDir, "eventhub", "consumergroups.json")
+	logger := env.Logger
+	if logger == nil {
+		logger = slog.Default()
 	}
 	now := time.Now
-	groups, err := openGroups(path, maxGroups, now())
-	if err != nil {
-		return nil, fmt.Errorf("eventhub: %w", err)
+	var groups groupBackend
+	var kvg *kvGroups
+	var ls *leases
+	if c := env.Cluster; c != nil {
+		hb := cfg.LeaseHeartbeat
+		if hb <= 0 {
+			hb = DefaultLeaseHeartbeat
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		var err error
+		if kvg, err = openKVGroups(ctx, c, maxGroups, now(), logger); err != nil {
+			return nil, fmt.Errorf("eventhub: %w", err)
+		}
+		if ls, err = openLeases(ctx, c, hb); err != nil {
+			return nil, fmt.Errorf("eventhub: %w", err)
+		}
+		groups = kvg
+	} else {
+		path := ""
+		if !env.InMemory {
+			if env.DataDir == "" {
+				return nil, errors.New("eventhub: a data directory is required unless in memory")
+			}
+			path = filepath.Join(env.DataDir, "eventhub", "consumergroups.json")
+		}
+		gs, err := openGroups(path, maxGroups, now())
+		if err != nil {
+			return nil, fmt.Errorf("eventhub: %w", err)
+		}
+		groups = gs
 	}
 	for _, name := range cfg.ConsumerGroups {
 		if _, _, err := groups.create(name, now()); err != nil {
 			return nil, fmt.Errorf("eventhub: configured consumer group: %w", err)
 		}
-	}
-	logger := env.Logger
-	if logger == nil {
-		logger = slog.Default()
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	ep := &endpoint{
@@ -190,6 +220,7 @@ func newEndpoint(env *hub.Env, cfg Config) (*endpoint, error) {
 		log:    env.Log,
 		nparts: env.Log.Partitions(),
 		groups: groups,
+		leases: ls,
 		env:    env,
 		logger: logger,
 		now:    now,
@@ -197,10 +228,39 @@ func newEndpoint(env *hub.Env, cfg Config) (*endpoint, error) {
 		cancel: cancel,
 		owners: map[ownerKey]map[*reader]struct{}{},
 	}
+	if err := ep.startCluster(kvg); err != nil {
+		cancel()
+		ep.wg.Wait()
+		return nil, fmt.Errorf("eventhub: %w", err)
+	}
 	if env.REST != nil {
 		ep.registerREST(env.REST)
 	}
 	return ep, nil
+}
+
+// startCluster starts following the consumer groups and the leases of
+// other nodes, and renewing this node's leases (nothing on a single node).
+func (ep *endpoint) startCluster(kvg *kvGroups) error {
+	if ep.leases == nil {
+		return nil
+	}
+	follow, err := kvg.watch(ep.ctx, ep.dropGroup)
+	if err != nil {
+		return err
+	}
+	w, err := ep.leases.kv.WatchAll(ep.ctx, jetstream.UpdatesOnly())
+	if err != nil {
+		return fmt.Errorf("watch reader leases: %w", err)
+	}
+	ep.wg.Add(3)
+	go func() {
+		defer ep.wg.Done()
+		follow()
+	}()
+	go ep.watchLeases(w)
+	go ep.renewLeases()
+	return nil
 }
 
 // close stops every reader; the engine has stopped by then.
@@ -314,6 +374,9 @@ func (ep *endpoint) attachPartition(req *hub.AttachRequest) *amqp.Error {
 // readers r displaces, or the refusal. Registration also adds r to ep.wg,
 // so close waits for its goroutine.
 func (ep *endpoint) admit(r *reader) ([]*reader, *amqp.Error) {
+	if ep.leases != nil {
+		return ep.admitClustered(r)
+	}
 	ep.mu.Lock()
 	defer ep.mu.Unlock()
 	if ep.closed {
@@ -363,14 +426,17 @@ func (ep *endpoint) admit(r *reader) ([]*reader, *amqp.Error) {
 	return victims, nil
 }
 
-// release forgets r.
+// release forgets r, and removes its lease in a cluster.
 func (ep *endpoint) release(r *reader) {
 	ep.mu.Lock()
-	defer ep.mu.Unlock()
 	set := ep.owners[r.key]
 	delete(set, r)
 	if len(set) == 0 {
 		delete(ep.owners, r.key)
+	}
+	ep.mu.Unlock()
+	if ep.leases != nil {
+		ep.releaseLease(r)
 	}
 }
 
@@ -455,9 +521,11 @@ func describeName(name string) string {
 	return "'" + name + "'"
 }
 
-func describeEpoch(r *reader) string {
-	if !r.hasEpoch {
+func describeEpoch(r *reader) string { return describeEpochOf(r.hasEpoch, r.epoch) }
+
+func describeEpochOf(hasEpoch bool, epoch int64) string {
+	if !hasEpoch {
 		return "none"
 	}
-	return strconv.FormatInt(r.epoch, 10)
+	return strconv.FormatInt(epoch, 10)
 }

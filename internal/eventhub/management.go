@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"amqphub/amqp"
@@ -22,10 +23,21 @@ const (
 	mgmtConnKey   = "eventhub.management"
 )
 
+// maxPendingReplies bounds, per connection, the $management replies
+// waiting for the client to grant credit on its reply link, as the hub
+// does for CBS: requests are settled at once, so without a bound a client
+// that floods requests while granting no reply credit would make the hub
+// hold one reply and one goroutine per request for the full wait. The
+// SDKs grant credit before their first request.
+const maxPendingReplies = 16
+
 // mgmtConn tracks one connection's $management reply links.
 type mgmtConn struct {
 	mu    sync.Mutex
 	links []*amqp.Link
+
+	pending atomic.Int32 // replies waiting for credit
+	warned  atomic.Bool  // a dropped reply was logged (once per connection)
 }
 
 func (mc *mgmtConn) add(l *amqp.Link) {
@@ -143,13 +155,28 @@ func (ep *endpoint) onManagementRequest(mc *mgmtConn, d *amqp.Delivery) {
 	}
 	out := &amqp.Outgoing{Payload: payload, Settled: true}
 	if err := rl.TrySend(out); errors.Is(err, amqp.ErrNoCredit) {
-		// No credit yet: wait off the connection's reader goroutine.
-		go func() {
-			ctx, cancel := context.WithTimeout(ep.ctx, 30*time.Second)
-			defer cancel()
-			rl.Send(ctx, out)
-		}()
+		ep.sendReplyLater(mc, rl, out)
 	}
+}
+
+// sendReplyLater waits for reply credit off the connection's reader
+// goroutine, unless too many replies already wait; then the reply is
+// dropped (the client's request times out, which is what withholding
+// credit asks for).
+func (ep *endpoint) sendReplyLater(mc *mgmtConn, rl *amqp.Link, out *amqp.Outgoing) {
+	if mc.pending.Add(1) > maxPendingReplies {
+		mc.pending.Add(-1)
+		if mc.warned.CompareAndSwap(false, true) {
+			ep.logger.Info("eventhub: dropping $management replies: the client grants its reply link no credit", "waiting", maxPendingReplies)
+		}
+		return
+	}
+	go func() {
+		defer mc.pending.Add(-1)
+		ctx, cancel := context.WithTimeout(ep.ctx, 30*time.Second)
+		defer cancel()
+		rl.Send(ctx, out)
+	}()
 }
 
 // conditionForStatus gives error replies the condition the Node SDK maps.

@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/base64"
 	"fmt"
+	"runtime"
+	"strings"
 	"testing"
 	"time"
 
@@ -151,4 +153,94 @@ func TestManagement(t *testing.T) {
 			}
 		}
 	})
+}
+
+// TestManagementRepliesWithoutCredit: a client that sends requests while
+// granting its reply link no credit gets at most 16 replies held for it;
+// the rest are dropped, and nothing waits once credit comes.
+func TestManagementRepliesWithoutCredit(t *testing.T) {
+	s := server.StartTest(t, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	sess := newSession(t, dialOwner(t, s))
+	hubName := s.Options.EventHubName
+	snd, err := sess.NewSender(ctx, "$management", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	replyTo := "$management-reply-nocredit"
+	rcv, err := sess.NewReceiver(ctx, "$management", &goamqp.ReceiverOptions{
+		TargetAddress:             replyTo,
+		SettlementMode:            goamqp.ReceiverSettleModeFirst.Ptr(),
+		RequestedSenderSettleMode: goamqp.SenderSettleModeSettled.Ptr(),
+		Credit:                    -1, // manual: none until IssueCredit
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	request := func(id string) {
+		t.Helper()
+		m := &goamqp.Message{
+			Properties:            &goamqp.MessageProperties{MessageID: id, ReplyTo: &replyTo},
+			ApplicationProperties: map[string]any{"operation": "READ", "type": "com.microsoft:eventhub", "name": hubName},
+		}
+		if err := snd.Send(ctx, m, nil); err != nil {
+			t.Fatalf("send request %s: %v", id, err)
+		}
+	}
+	const sent = 40
+	for i := range sent {
+		request(fmt.Sprint("r", i))
+	}
+	// Every request was settled, so each was handled: 16 replies wait,
+	// the others were dropped.
+	waiting := func() int { return countStacks("eventhub.(*endpoint).sendReplyLater.func") }
+	deadline := time.Now().Add(10 * time.Second)
+	for waiting() < 16 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := waiting(); n != 16 {
+		t.Fatalf("%d replies wait for credit, want 16", n)
+	}
+	if err := rcv.IssueCredit(sent + 1); err != nil {
+		t.Fatal(err)
+	}
+	got := map[any]bool{}
+	for range 16 {
+		m, err := rcv.Receive(ctx, nil)
+		if err != nil {
+			t.Fatalf("receive held reply: %v", err)
+		}
+		got[m.Properties.CorrelationID] = true
+	}
+	// The next reply is that of a new request: the dropped ones never come.
+	request("after")
+	m, err := rcv.Receive(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Properties.CorrelationID != "after" {
+		t.Fatalf("reply to %v after the 16 held ones, want the reply to the new request", m.Properties.CorrelationID)
+	}
+	if len(got) != 16 {
+		t.Errorf("%d distinct held replies, want 16", len(got))
+	}
+	for waiting() > 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := waiting(); n != 0 {
+		t.Errorf("%d reply goroutines left after credit came", n)
+	}
+}
+
+// countStacks counts the goroutines whose stack mentions fragment.
+func countStacks(fragment string) int {
+	buf := make([]byte, 4<<20)
+	n := 0
+	for _, g := range strings.Split(string(buf[:runtime.Stack(buf, true)]), "\n\n") {
+		if strings.Contains(g, fragment) {
+			n++
+		}
+	}
+	return n
 }

@@ -22,6 +22,10 @@ type reader struct {
 	hasEpoch bool
 	name     string // com.microsoft:receiver-name
 	metrics  bool   // runtime metric requested
+	// id names the reader in lease records and rev is the lease record's
+	// revision that admitted it (cluster only; set under ep.mu).
+	id  string
+	rev uint64
 
 	next int64 // sequence number of the next event to send; run's own
 

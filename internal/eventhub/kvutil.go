@@ -1,0 +1,83 @@
+package eventhub
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"amqphub/internal/hub"
+)
+
+// kvOpTimeout bounds one key-value operation (or compare-and-set loop):
+// attaches and REST calls wait for it.
+const kvOpTimeout = 5 * time.Second
+
+// maxCASAttempts bounds compare-and-set retries; conflicts come from other
+// nodes writing the same key, which settles within a few rounds.
+const maxCASAttempts = 64
+
+// errNoChange tells casUpdate that fn wants nothing written.
+var errNoChange = errors.New("no change")
+
+// isConflict reports a compare-and-set conflict.
+func isConflict(err error) bool {
+	return errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch)
+}
+
+// casUpdate reads key (nil value and revision 0 when absent or deleted),
+// lets fn compute its new value and writes it only if the key has not
+// changed meanwhile, retrying on conflicts. fn may return errNoChange to
+// write nothing (casUpdate then returns the revision read and nil) or
+// another error to stop. It returns the written revision.
+func casUpdate(ctx context.Context, kv jetstream.KeyValue, key string, fn func(old []byte) ([]byte, error)) (uint64, error) {
+	for range maxCASAttempts {
+		var old []byte
+		var rev uint64
+		e, err := kv.Get(ctx, key)
+		switch {
+		case err == nil:
+			old, rev = e.Value(), e.Revision()
+		case errors.Is(err, jetstream.ErrKeyNotFound), errors.Is(err, jetstream.ErrKeyDeleted):
+		default:
+			return 0, fmt.Errorf("read %s: %w", key, err)
+		}
+		val, err := fn(old)
+		if errors.Is(err, errNoChange) {
+			return rev, nil
+		}
+		if err != nil {
+			return 0, err
+		}
+		if rev == 0 {
+			rev, err = kv.Create(ctx, key, val)
+		} else {
+			rev, err = kv.Update(ctx, key, val, rev)
+		}
+		if isConflict(err) {
+			continue
+		}
+		if err != nil {
+			return 0, fmt.Errorf("write %s: %w", key, err)
+		}
+		return rev, nil
+	}
+	return 0, fmt.Errorf("write %s: still conflicting after %d attempts", key, maxCASAttempts)
+}
+
+// openBucket creates or opens one of the hub's key-value buckets.
+func openBucket(ctx context.Context, c *hub.Cluster, feature, desc string) (jetstream.KeyValue, error) {
+	kv, err := c.JS.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:      c.Bucket(feature),
+		Description: desc,
+		History:     1,
+		Storage:     jetstream.FileStorage,
+		Replicas:    max(c.Replicas, 1),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("key-value bucket %s: %w", c.Bucket(feature), err)
+	}
+	return kv, nil
+}
