@@ -52,10 +52,10 @@ func (s *Store) Enqueue(ctx context.Context, queueID string, nm c2d.NewMessage) 
 		return 0, opErr("enqueue", "", err)
 	}
 	if err := s.validNew(&nm); err != nil {
-		return 0, opErr("enqueue to", queueID, err)
+		return 0, opErr("enqueue", queueID, err)
 	}
 	if err := s.begin(ctx); err != nil {
-		return 0, opErr("enqueue to", queueID, err)
+		return 0, opErr("enqueue", queueID, err)
 	}
 	defer s.inflight.Done()
 	now := s.cfg.Now()
@@ -79,7 +79,7 @@ func (s *Store) Enqueue(ctx context.Context, queueID string, nm c2d.NewMessage) 
 		if needBody && body == 0 {
 			var err error
 			if body, err = s.putBody(ctx, queueID, nm.Body); err != nil {
-				return 0, opErr("enqueue to", queueID, err)
+				return 0, opErr("enqueue", queueID, err)
 			}
 		}
 		var seq uint64
@@ -118,11 +118,11 @@ func (s *Store) Enqueue(ctx context.Context, queueID string, nm c2d.NewMessage) 
 			s.deleteBodies([]uint64{body})
 		}
 		if err != nil {
-			return 0, opErr("enqueue to", queueID, err)
+			return 0, opErr("enqueue", queueID, err)
 		}
 		return seq, nil
 	}
-	return 0, opErr("enqueue to", queueID, errConflict)
+	return 0, opErr("enqueue", queueID, errConflict)
 }
 
 func (s *Store) putBody(ctx context.Context, queueID string, body []byte) (uint64, error) {

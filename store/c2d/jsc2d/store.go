@@ -185,7 +185,6 @@ func Open(ctx context.Context, js jetstream.JetStream, opts Options) (*Store, er
 			}
 			s.apply(e)
 		case <-octx.Done():
-			_ = w.Stop()
 			s.cancel()
 			return nil, fmt.Errorf("c2d: load %s: %w", opts.Bucket, octx.Err())
 		}
@@ -484,6 +483,9 @@ func newToken() []byte {
 	}
 }
 
+// Bucket returns the name of the store's key-value bucket.
+func (s *Store) Bucket() string { return s.opts.Bucket }
+
 // Close stops following the bucket and waits for running operations.
 // The bucket and the stream are left as they are. Watch channels are never
 // signalled again.
@@ -498,8 +500,9 @@ func (s *Store) Close() error {
 		}
 		s.mu.Unlock()
 		s.inflight.Wait()
+		// Cancelling the watcher's context ends its subscription; Stop would
+		// also delete the consumer and wait for NATS, which may be gone.
 		s.cancel()
-		_ = s.watcher.Stop()
 		s.bg.Wait()
 	})
 	return nil
