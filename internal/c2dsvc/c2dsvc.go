@@ -133,6 +133,7 @@ import (
 	"amqphub/internal/hub"
 	"amqphub/internal/registry"
 	"amqphub/store/c2d"
+	"amqphub/store/c2d/jsc2d"
 )
 
 // Config configures C2D messaging. Zero fields take the defaults below,
@@ -244,25 +245,48 @@ type Store interface {
 	AvailableFeedback(ctx context.Context) (int, error)
 }
 
-var _ Store = (*c2d.PebbleStore)(nil)
+var (
+	_ Store = (*c2d.PebbleStore)(nil)
+	_ Store = (*jsc2d.Store)(nil)
+)
 
-// Setup builds the C2D feature: it opens the store under
-// env.DataDir/c2d, drops the state of devices deleted while it was closed,
-// and returns the endpoints for the service, device, feedback and file
-// notification addresses; the purge route is added to env.REST.
+// Setup builds the C2D feature: it opens the store (under env.DataDir/c2d,
+// or in JetStream when env.Cluster is set), drops the state of devices
+// deleted while it was closed, and returns the endpoints for the service,
+// device, feedback and file notification addresses; the purge route is
+// added to env.REST.
 func Setup(env *hub.Env, cfg Config) (*hub.Module, error) {
 	log := env.Logger
 	if log == nil {
 		log = slog.Default()
 	}
 	cfg = cfg.withDefaults()
-	st, err := c2d.OpenPebble(filepath.Join(env.DataDir, "c2d"), c2d.PebbleOptions{
-		InMemory: env.InMemory,
-		NoSync:   cfg.NoSync,
-		Config:   cfg.storeConfig(log),
-	})
-	if err != nil {
-		return nil, fmt.Errorf("c2d store: %w", err)
+	var st Store
+	if env.Cluster != nil {
+		// Scale-out: the queues live in JetStream, so that any node can
+		// serve any device and service.
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		js, err := jsc2d.Open(ctx, env.Cluster.JS, jsc2d.Options{
+			Bucket:   env.Cluster.Bucket("c2d"),
+			Replicas: env.Cluster.Replicas,
+			NodeID:   env.Cluster.NodeID,
+			Config:   cfg.storeConfig(log),
+		})
+		cancel()
+		if err != nil {
+			return nil, fmt.Errorf("c2d store: %w", err)
+		}
+		st = js
+	} else {
+		pst, err := c2d.OpenPebble(filepath.Join(env.DataDir, "c2d"), c2d.PebbleOptions{
+			InMemory: env.InMemory,
+			NoSync:   cfg.NoSync,
+			Config:   cfg.storeConfig(log),
+		})
+		if err != nil {
+			return nil, fmt.Errorf("c2d store: %w", err)
+		}
+		st = pst
 	}
 	svc, err := New(st, env.Registry, env.HubName, cfg, log)
 	if err != nil {

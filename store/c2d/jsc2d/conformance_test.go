@@ -8,14 +8,23 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
-	"amqphub/internal/c2dsvc"
 	"amqphub/internal/natstest"
 	"amqphub/store/c2d"
 	"amqphub/store/c2d/c2dtest"
 	"amqphub/store/c2d/jsc2d"
 )
 
-var _ c2dsvc.Store = (*jsc2d.Store)(nil)
+// hubStore is c2dsvc.Store's method set (internal/c2dsvc asserts it too;
+// the copy keeps this package's tests independent of the feature's).
+type hubStore interface {
+	c2d.Store
+	Release(ctx context.Context, queueID string, token c2d.LockToken) error
+	Generations(ctx context.Context) (map[string][]string, error)
+	DropGenerations(ctx context.Context, queueID, keep string) (int, error)
+	AvailableFeedback(ctx context.Context) (int, error)
+}
+
+var _ hubStore = (*jsc2d.Store)(nil)
 
 var bucketSeq atomic.Int64
 
