@@ -67,7 +67,6 @@ type kvGroups struct {
 	mu       sync.Mutex
 	cache    map[string]ConsumerGroup // lower-cased name -> group
 	onDelete func(name string)        // called (not under mu) for groups deleted anywhere
-	watcher  jetstream.KeyWatcher
 }
 
 // openKVGroups opens the bucket, records the entity's creation time if it
