@@ -323,3 +323,40 @@ func TestServerGone(t *testing.T) {
 		t.Errorf("Close took %v with the server gone", took)
 	}
 }
+
+func TestOrphanBodies(t *testing.T) {
+	js := newJS(t)
+	ctx := context.Background()
+	s := open(t, js, jsc2d.Options{Bucket: uniqueBucket(), Config: c2d.Config{ManualSweep: true}})
+	defer s.Close()
+	orphan, err := s.PutOrphanBody(ctx, "d")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Enqueue(ctx, "d", c2d.NewMessage{MessageID: "kept", Body: []byte("kept")}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SweepOrphans(ctx, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	if !s.BodyExists(ctx, orphan) {
+		t.Fatal("a young orphan was deleted")
+	}
+	if err := s.SweepOrphans(ctx, 0); err != nil {
+		t.Fatal(err)
+	}
+	if s.BodyExists(ctx, orphan) {
+		t.Fatal("orphan body still stored after the sweep")
+	}
+	m, ok, err := s.Lock(ctx, "d")
+	if err != nil || !ok || string(m.Body) != "kept" {
+		t.Fatalf("Lock after the orphan sweep = %q, %v, %v", m.Body, ok, err)
+	}
+	// Settling deletes the body at once.
+	if err := s.Complete(ctx, "d", m.LockToken); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SweepOrphans(ctx, 0); err != nil {
+		t.Fatal(err)
+	}
+}

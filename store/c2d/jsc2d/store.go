@@ -71,6 +71,8 @@ type Store struct {
 	retiredFb  map[c2d.LockToken]struct{}
 	retiredFbQ []c2d.LockToken
 
+	leaseRev uint64 // revision of the sweeper lease while this node holds it; background goroutine only
+
 	inflight  sync.WaitGroup
 	closeOnce sync.Once
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -51,16 +52,17 @@ func (s *Store) sweep(ctx context.Context, write bool) error {
 		notify(s.fbWatchers)
 	}
 	s.mu.Unlock()
-	var first error
 	for _, id := range due {
 		_, err := s.mutate(ctx, id, func(v *qval, t *tx) (bool, error) {
 			return v.expire(&s.cfg, t.now, &t.ch), nil
 		})
-		if err != nil && first == nil {
-			first = opErr("sweep", id, err)
+		if err != nil {
+			// Stop at the first failure: with NATS unreachable every queue
+			// would wait for its own timeout. The next sweep goes on.
+			return opErr("sweep", id, err)
 		}
 	}
-	return first
+	return nil
 }
 
 // lease is the value of the sweeper lease key.
@@ -79,6 +81,7 @@ func (s *Store) background() {
 	}
 	t := time.NewTicker(s.opts.SweepInterval)
 	defer t.Stop()
+	lastOrphans := time.Now()
 	for {
 		select {
 		case <-s.ctx.Done():
@@ -92,6 +95,12 @@ func (s *Store) background() {
 		if err := s.sweep(s.ctx, holder); err != nil && !errors.Is(err, context.Canceled) {
 			s.log.Warn("c2d: sweep", "err", err)
 		}
+		if holder && time.Since(lastOrphans) >= orphanInterval {
+			lastOrphans = time.Now()
+			if err := s.sweepOrphans(s.ctx, orphanAge); err != nil && !errors.Is(err, context.Canceled) {
+				s.log.Warn("c2d: sweep orphan bodies", "err", err)
+			}
+		}
 		s.inflight.Done()
 	}
 }
@@ -104,10 +113,20 @@ func (s *Store) holdLease() bool {
 	defer cancel()
 	now := time.Now()
 	val, _ := json.Marshal(lease{Node: s.opts.NodeID, Until: now.Add(leaseFor).UnixNano()})
+	if s.leaseRev != 0 {
+		// Renewing a lease we hold is one CAS; it fails only if another
+		// node took the lease after ours had lapsed.
+		rev, err := s.kv.Update(ctx, leaseKey, val, s.leaseRev)
+		if err == nil {
+			s.leaseRev = rev
+			return true
+		}
+		s.leaseRev = 0
+	}
 	e, err := s.kv.Get(ctx, leaseKey)
 	switch {
 	case errors.Is(err, jetstream.ErrKeyNotFound):
-		_, err = s.kv.Create(ctx, leaseKey, val)
+		s.leaseRev, err = s.kv.Create(ctx, leaseKey, val)
 		return err == nil
 	case err != nil:
 		return false
@@ -116,6 +135,77 @@ func (s *Store) holdLease() bool {
 	if json.Unmarshal(e.Value(), &cur) == nil && cur.Node != s.opts.NodeID && now.UnixNano() < cur.Until {
 		return false
 	}
-	_, err = s.kv.Update(ctx, leaseKey, val, e.Revision())
+	s.leaseRev, err = s.kv.Update(ctx, leaseKey, val, e.Revision())
 	return err == nil
+}
+
+// orphanInterval is how often the lease holder looks for bodies that no
+// queue names; orphanAge is how old such a body must be, so that a body
+// whose Enqueue is still writing the queue value is never taken for one.
+const (
+	orphanInterval = 5 * time.Minute
+	orphanAge      = 10 * time.Minute
+)
+
+// sweepOrphans deletes bodies no queue names: left by an Enqueue that
+// failed after storing its body, or by a body deletion that failed after
+// its message was settled. It reads the stream's headers only (one pass,
+// without the bodies) and compares with the cache.
+func (s *Store) sweepOrphans(ctx context.Context, age time.Duration) error {
+	info, err := s.bodies.Info(ctx)
+	if err != nil {
+		return fmt.Errorf("bodies stream info: %w", err)
+	}
+	if info.State.Msgs == 0 {
+		return nil
+	}
+	last := info.State.LastSeq
+	cons, err := s.bodies.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{HeadersOnly: true})
+	if err != nil {
+		return fmt.Errorf("bodies consumer: %w", err)
+	}
+	live := map[uint64]struct{}{}
+	s.mu.Lock()
+	for _, e := range s.cache {
+		if e.v != nil {
+			for i := range e.v.Msgs {
+				live[e.v.Msgs[i].Body] = struct{}{}
+			}
+		}
+	}
+	s.mu.Unlock()
+	cutoff := time.Now().Add(-age)
+	var orphans []uint64
+	for done := false; !done; {
+		batch, err := cons.FetchNoWait(256)
+		if err != nil {
+			return fmt.Errorf("read bodies: %w", err)
+		}
+		n := 0
+		for m := range batch.Messages() {
+			n++
+			md, err := m.Metadata()
+			if err != nil {
+				continue
+			}
+			seq := md.Sequence.Stream
+			if _, ok := live[seq]; !ok && md.Timestamp.Before(cutoff) {
+				orphans = append(orphans, seq)
+			}
+			if seq >= last {
+				done = true
+			}
+		}
+		if err := batch.Error(); err != nil {
+			return fmt.Errorf("read bodies: %w", err)
+		}
+		if n == 0 {
+			break
+		}
+	}
+	if len(orphans) > 0 {
+		s.log.Info("c2d: deleting orphan message bodies", "count", len(orphans))
+		s.deleteBodies(orphans)
+	}
+	return nil
 }
