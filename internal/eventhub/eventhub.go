@@ -45,6 +45,13 @@
 // {DataDir}/eventhub/consumergroups.json (in memory with Env.InMemory).
 // Deleting a group detaches its readers with amqp:not-found.
 //
+// With Env.Cluster (several nodes on NATS JetStream), consumer groups
+// live in the key-value bucket Bucket("eventhub") (groups_kv.go) and
+// ownership is decided on shared leases in Bucket("ehowners")
+// (owners_kv.go), so that the rules above hold across nodes and a
+// group created, listed or deleted on one node is the same on every
+// node. Without a cluster nothing of this runs.
+//
 //	PUT    /eventHubs/consumerGroups/{name}   create (201; 200 if it exists)   ServiceConnect or RegistryWrite
 //	GET    /eventHubs/consumerGroups          list                             ServiceConnect or RegistryRead
 //	GET    /eventHubs/consumerGroups/{name}   get                              ServiceConnect or RegistryRead
@@ -55,8 +62,10 @@
 // Attach and management requests run on the connection's reader goroutine.
 // Each partition reader has its own goroutine that reads batches from the
 // log, sends them with Link.Send (which waits for credit) and parks in
-// Log.Wait at the tail. Lock order: endpoint.mu -> groupStore.mu; reader.mu
-// and mgmtConn.mu are leaves. None is held while calling into the engine
+// Log.Wait at the tail. Lock order: endpoint.mu -> groupStore.mu; reader.mu,
+// kvGroups.mu and mgmtConn.mu are leaves. In a cluster, attaches wait for
+// a compare-and-set on the lease record (bounded by kvOpTimeout), never
+// under endpoint.mu. None is held while calling into the engine
 // (Link.Close, Send) or the log.
 package eventhub
 

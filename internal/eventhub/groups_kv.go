@@ -317,7 +317,7 @@ func (s *kvGroups) create(name string, now time.Time) (ConsumerGroup, bool, erro
 			return ConsumerGroup{}, false, fmt.Errorf("write consumer group %q: %w", name, err)
 		}
 		raced := false
-		_, err = casUpdate(ctx, s.kv, kvIndexKey, func(old []byte) ([]byte, error) {
+		_, err = casUpdate(ctx, s.kv, kvIndexKey, func(old []byte, _ uint64) ([]byte, error) {
 			var cur kvIndex
 			if old != nil {
 				if err := json.Unmarshal(old, &cur); err != nil {
@@ -353,7 +353,7 @@ func (s *kvGroups) remove(name string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), kvOpTimeout)
 	defer cancel()
 	found := false
-	_, err := casUpdate(ctx, s.kv, kvIndexKey, func(old []byte) ([]byte, error) {
+	_, err := casUpdate(ctx, s.kv, kvIndexKey, func(old []byte, _ uint64) ([]byte, error) {
 		var cur kvIndex
 		if old != nil {
 			if err := json.Unmarshal(old, &cur); err != nil {

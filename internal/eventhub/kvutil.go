@@ -29,10 +29,11 @@ func isConflict(err error) bool {
 
 // casUpdate reads key (nil value and revision 0 when absent or deleted),
 // lets fn compute its new value and writes it only if the key has not
-// changed meanwhile, retrying on conflicts. fn may return errNoChange to
+// changed meanwhile, retrying on conflicts. fn also gets the revision it
+// read (0: absent). fn may return errNoChange to
 // write nothing (casUpdate then returns the revision read and nil) or
 // another error to stop. It returns the written revision.
-func casUpdate(ctx context.Context, kv jetstream.KeyValue, key string, fn func(old []byte) ([]byte, error)) (uint64, error) {
+func casUpdate(ctx context.Context, kv jetstream.KeyValue, key string, fn func(old []byte, rev uint64) ([]byte, error)) (uint64, error) {
 	for range maxCASAttempts {
 		var old []byte
 		var rev uint64
@@ -44,7 +45,7 @@ func casUpdate(ctx context.Context, kv jetstream.KeyValue, key string, fn func(o
 		default:
 			return 0, fmt.Errorf("read %s: %w", key, err)
 		}
-		val, err := fn(old)
+		val, err := fn(old, rev)
 		if errors.Is(err, errNoChange) {
 			return rev, nil
 		}

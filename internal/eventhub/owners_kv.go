@@ -133,7 +133,7 @@ func (ep *endpoint) admitClustered(r *reader) ([]*reader, *amqp.Error) {
 	var removed []leaseEntry
 	ctx, cancel := context.WithTimeout(ep.ctx, kvOpTimeout)
 	defer cancel()
-	rev, err := casUpdate(ctx, ls.kv, leaseKey(r.key), func(old []byte) ([]byte, error) {
+	rev, err := casUpdate(ctx, ls.kv, leaseKey(r.key), func(old []byte, _ uint64) ([]byte, error) {
 		refuse, removed = nil, nil
 		rec, err := decodeLeases(old)
 		if err != nil {
@@ -264,7 +264,7 @@ func (ep *endpoint) releaseLease(r *reader) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	_, err := casUpdate(ctx, ls.kv, leaseKey(r.key), func(old []byte) ([]byte, error) {
+	_, err := casUpdate(ctx, ls.kv, leaseKey(r.key), func(old []byte, _ uint64) ([]byte, error) {
 		rec, err := decodeLeases(old)
 		if err != nil {
 			return nil, err
@@ -311,11 +311,14 @@ func (ep *endpoint) renew(k ownerKey, mine []string) {
 	ls := ep.leases
 	ctx, cancel := context.WithTimeout(ep.ctx, ls.heartbeat)
 	defer cancel()
-	_, err := casUpdate(ctx, ls.kv, leaseKey(k), func(old []byte) ([]byte, error) {
+	var seen leaseRecord
+	var seenRev uint64
+	_, err := casUpdate(ctx, ls.kv, leaseKey(k), func(old []byte, rev uint64) ([]byte, error) {
 		rec, err := decodeLeases(old)
 		if err != nil {
 			return nil, err
 		}
+		seen, seenRev = rec, rev
 		exp := ep.now().Add(ls.ttl).UnixMilli()
 		n := 0
 		for i := range rec.Readers {
@@ -333,6 +336,12 @@ func (ep *endpoint) renew(k ownerKey, mine []string) {
 	})
 	if err != nil && ep.ctx.Err() == nil {
 		ep.logger.Warn("eventhub: renewing reader leases", "partition", k.part, "group", k.group, "err", err)
+	}
+	// The watch detaches the readers that other nodes' writes removed;
+	// this catches those whose removal it saw before they were
+	// registered here, or missed.
+	if seenRev > 0 {
+		ep.evictMissing(k, seenRev, seen)
 	}
 }
 

@@ -28,6 +28,10 @@
 //
 // Every wait is bounded by the call's timeouts and by the HTTP request's
 // context; nothing outlives the call.
+//
+// With Env.Cluster, a call reaching a node that does not hold the device's
+// link is forwarded through NATS to the node that does (see cluster.go);
+// the service gets the same answers.
 package methods
 
 import (
