@@ -68,9 +68,10 @@ func newCache() *cache {
 func (c *cache) applyWatch(ch change) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if ch.rev > c.watchRev {
-		c.watchRev = ch.rev
+	if ch.rev <= c.watchRev {
+		return false // a replaced watch resending what the cache has
 	}
+	c.watchRev = ch.rev
 	if p, ok := c.pending[ch.key]; ok {
 		if ch.rev <= p {
 			if ch.rev == p {
@@ -146,6 +147,22 @@ func (c *cache) applyLocked(ch change) {
 		c.modules[ch.deviceID] = ms
 	}
 	ms[ch.moduleID] = modEntry{m: ch.mod, rev: ch.rev}
+}
+
+// skip records that the watch delivered rev, which could not be applied.
+func (c *cache) skip(rev uint64) {
+	c.mu.Lock()
+	if rev > c.watchRev {
+		c.watchRev = rev
+	}
+	c.mu.Unlock()
+}
+
+// lastRevision is the newest revision the watch delivered.
+func (c *cache) lastRevision() uint64 {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.watchRev
 }
 
 // loaded ends the initial load.

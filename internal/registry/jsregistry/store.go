@@ -87,10 +87,10 @@ type Store struct {
 	log     *slog.Logger
 	cache   *cache
 
-	closed  atomic.Bool
-	stop    context.CancelFunc
-	watcher jetstream.KeyWatcher
-	done    chan struct{}
+	closed atomic.Bool
+	ctx    context.Context // ends at Close
+	stop   context.CancelFunc
+	done   chan struct{} // closed when the watch goroutine ends
 
 	stripes [lockStripes]sync.Mutex
 	seed    maphash.Seed
@@ -150,20 +150,17 @@ func Open(ctx context.Context, js jetstream.JetStream, opts Options) (*Store, er
 		listeners: make(map[uint64]func(string, string)),
 	}
 	// The watch lives until Close, not until Open's context ends.
-	wctx, stop := context.WithCancel(context.Background())
-	w, err := kv.WatchAll(wctx)
+	s.ctx, s.stop = context.WithCancel(context.Background())
+	w, err := kv.WatchAll(s.ctx)
 	if err != nil {
-		stop()
+		s.stop()
 		return nil, fmt.Errorf("watch registry bucket %q: %w: %w", opts.Bucket, registry.ErrUnavailable, err)
 	}
-	s.stop, s.watcher = stop, w
 	ready := make(chan struct{})
-	go s.watch(ready)
+	go s.watch(w, ready)
 	select {
 	case <-ready:
 		return s, nil
-	case <-s.done:
-		err = errors.New("watch ended during the initial load")
 	case <-cctx.Done():
 		err = cctx.Err()
 	}
@@ -171,28 +168,101 @@ func Open(ctx context.Context, js jetstream.JetStream, opts Options) (*Store, er
 	return nil, fmt.Errorf("load registry bucket %q: %w: %w", opts.Bucket, registry.ErrUnavailable, err)
 }
 
-// watch applies the watch's updates to the cache until the watcher stops.
-func (s *Store) watch(ready chan struct{}) {
+// rewatchDelay is the pause before a failed watch is started again.
+const rewatchDelay = time.Second
+
+// watch applies the watch's updates to the cache until Close.
+//
+// The watch is an ordered consumer that lives on one server; when that
+// server restarts or the connection moves to another one, the consumer
+// may be gone, and the client library notices only after two missed idle
+// heartbeats (10 s). So after every reconnect the watch is replaced at
+// once by one that resumes after the last revision applied; updates the
+// cache already has are dropped by revision, which makes replacing the
+// watch harmless when the old consumer was still alive.
+func (s *Store) watch(w jetstream.KeyWatcher, ready chan struct{}) {
 	defer close(s.done)
-	loading := true
-	for e := range s.watcher.Updates() {
-		if e == nil {
-			if loading {
-				loading = false
-				s.cache.loaded()
-				close(ready)
-			}
-			continue
+	var reconnected chan nats.Status
+	if nc := s.js.Conn(); nc != nil {
+		reconnected = nc.StatusChanged(nats.CONNECTED)
+		defer nc.RemoveStatusListener(reconnected)
+	}
+	updates := w.Updates()
+	var retry <-chan time.Time
+	rewatch := func() {
+		if w != nil {
+			s.stopWatcher(w, false)
+			w, updates = nil, nil
 		}
-		ch, err := parseEntry(e)
+		nw, err := s.kv.WatchAll(s.ctx, jetstream.ResumeFromRevision(s.cache.lastRevision()+1))
 		if err != nil {
-			s.log.Warn("registry: ignoring bucket entry", "key", e.Key(), "revision", e.Revision(), "err", err)
-			continue
+			if s.ctx.Err() == nil {
+				s.log.Warn("registry: cannot restart the bucket watch, retrying", "err", err)
+				retry = time.After(rewatchDelay)
+			}
+			return
 		}
-		if s.cache.applyWatch(ch) && !loading {
-			s.notify(ch.deviceID, ch.moduleID)
+		w, updates, retry = nw, nw.Updates(), nil
+	}
+	loading := true
+	for {
+		select {
+		case <-s.ctx.Done():
+			if w != nil {
+				s.stopWatcher(w, true)
+			}
+			return
+		case <-reconnected:
+			rewatch()
+		case <-retry:
+			rewatch()
+		case e, ok := <-updates:
+			if !ok {
+				// The subscription ended without Close (the connection
+				// closed, or the server removed the consumer).
+				w, updates = nil, nil
+				retry = time.After(rewatchDelay)
+				continue
+			}
+			if e == nil {
+				if loading {
+					loading = false
+					s.cache.loaded()
+					close(ready)
+				}
+				continue
+			}
+			ch, err := parseEntry(e)
+			if err != nil {
+				s.log.Warn("registry: ignoring bucket entry", "key", e.Key(), "revision", e.Revision(), "err", err)
+				s.cache.skip(e.Revision())
+				continue
+			}
+			if s.cache.applyWatch(ch) && !loading {
+				s.notify(ch.deviceID, ch.moduleID)
+			}
 		}
 	}
+}
+
+// stopWatcher ends a watch. Its updates channel is drained until it
+// closes, because the library's delivery goroutine blocks on a full
+// channel and would otherwise never finish. wait asks for the consumer's
+// deletion to be awaited; without a connection it never is, since it
+// would take the request timeout and the server drops an idle ordered
+// consumer by itself.
+func (s *Store) stopWatcher(w jetstream.KeyWatcher, wait bool) {
+	go func() {
+		for range w.Updates() {
+		}
+	}()
+	if nc := s.js.Conn(); wait && (nc == nil || nc.IsConnected()) {
+		if err := w.Stop(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) && !errors.Is(err, nats.ErrBadSubscription) {
+			s.log.Debug("registry: stopping the bucket watch", "err", err)
+		}
+		return
+	}
+	go func() { _ = w.Stop() }()
 }
 
 // Close stops the watch. Later calls fail with registry.ErrClosed. The
@@ -201,25 +271,11 @@ func (s *Store) Close() error {
 	if s.closed.Swap(true) {
 		return nil
 	}
-	var err error
-	if nc := s.js.Conn(); nc != nil && !nc.IsConnected() {
-		// Stop unsubscribes locally at once, then asks the server to
-		// delete the watch's consumer, which would wait for the request
-		// timeout; the server drops an idle ordered consumer by itself.
-		go func() { _ = s.watcher.Stop() }()
-	} else {
-		err = s.watcher.Stop()
-	}
 	s.stop()
 	select {
 	case <-s.done:
 	case <-time.After(s.opts.Timeout):
-		// The updates channel closes when the subscription's delivery
-		// goroutine ends; do not let a wedged connection hang Close.
 		s.log.Warn("registry: watch did not stop in time")
-	}
-	if err != nil && !errors.Is(err, nats.ErrConnectionClosed) && !errors.Is(err, nats.ErrBadSubscription) {
-		return fmt.Errorf("stop registry watch: %w", err)
 	}
 	return nil
 }
