@@ -13,6 +13,7 @@ import (
 	"amqphub/amqp/encoding"
 	"amqphub/amqp/frames"
 	"amqphub/internal/hub"
+	"amqphub/internal/pebbleutil"
 	"amqphub/internal/telemetry"
 	"amqphub/store/c2d"
 )
@@ -89,6 +90,13 @@ func (dl *deviceLink) run() {
 			return
 		}
 		m, ok, err := s.store.Lock(s.ctx, dl.q)
+		if errors.Is(err, pebbleutil.ErrNoSpace) {
+			// Deliveries pause while the disk is full (see nospace.go).
+			if !s.waitForSpace(l) {
+				return
+			}
+			continue
+		}
 		if err != nil {
 			if s.ctx.Err() == nil {
 				s.log.Error("c2d: locking a message failed; detaching the device link", "queue", dl.q, "err", err)
@@ -109,6 +117,12 @@ func (dl *deviceLink) run() {
 		if m.GenerationID != dl.gen {
 			// The message was sent to a deleted device of the same id.
 			n, err := s.store.DropGenerations(s.ctx, dl.q, dl.gen)
+			if errors.Is(err, pebbleutil.ErrNoSpace) {
+				if !s.waitForSpace(l) {
+					return
+				}
+				continue
+			}
 			if err != nil {
 				if s.ctx.Err() == nil {
 					s.log.Error("c2d: dropping messages of a deleted device failed", "queue", dl.q, "err", err)
@@ -241,6 +255,9 @@ func (dl *deviceLink) apply(token c2d.LockToken, op string, f func(context.Conte
 		case err == nil:
 		case errors.Is(err, c2d.ErrLockLost), errors.Is(err, c2d.ErrNotFound):
 			s.log.Debug("c2d: late settlement ignored", "queue", dl.q, "op", op, "err", err)
+		case errors.Is(err, pebbleutil.ErrNoSpace):
+			s.log.Debug("c2d: settlement refused for lack of disk space; detaching the device link", "queue", dl.q, "op", op, "err", err)
+			dl.l.Close(noSpaceError("the hub could not record the outcome of a message (" + op + "); it will be delivered again"))
 		case s.ctx.Err() != nil:
 		default:
 			s.log.Error("c2d: settling a message failed", "queue", dl.q, "op", op, "err", err)
@@ -336,7 +353,10 @@ func (s *Service) releaseInOrder(q string, locks []lostLock) {
 			continue // expired anyway
 		}
 		err := s.store.Release(s.ctx, q, ll.token)
-		if err != nil && !errors.Is(err, c2d.ErrLockLost) && !errors.Is(err, c2d.ErrNotFound) && s.ctx.Err() == nil {
+		// A lock that cannot be given back for lack of disk space simply
+		// expires, as it would in IoT Hub.
+		if err != nil && !errors.Is(err, c2d.ErrLockLost) && !errors.Is(err, c2d.ErrNotFound) &&
+			!errors.Is(err, pebbleutil.ErrNoSpace) && s.ctx.Err() == nil {
 			s.log.Error("c2d: releasing a lock failed", "queue", q, "err", err)
 		}
 	}

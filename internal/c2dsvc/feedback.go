@@ -8,6 +8,7 @@ import (
 	"amqphub/amqp/encoding"
 	"amqphub/amqp/frames"
 	"amqphub/internal/hub"
+	"amqphub/internal/pebbleutil"
 	"amqphub/store/c2d"
 )
 
@@ -73,6 +74,14 @@ func (fl *feedbackLink) run() {
 			return
 		}
 		b, ok, err := s.store.TakeFeedback(s.ctx, s.cfg.FeedbackBatchSize)
+		if errors.Is(err, pebbleutil.ErrNoSpace) {
+			// Batches pause while the disk is full (see nospace.go).
+			if !s.waitForSpace(l) {
+				return
+			}
+			more = true // look again without waiting for a signal
+			continue
+		}
 		if err != nil {
 			if s.ctx.Err() == nil {
 				s.log.Error("c2d: taking feedback failed; detaching the feedback link", "err", err)
@@ -174,6 +183,9 @@ func (fl *feedbackLink) settle(token c2d.LockToken, complete bool) {
 		case err == nil:
 		case errors.Is(err, c2d.ErrLockLost), errors.Is(err, c2d.ErrNotFound):
 			s.log.Debug("c2d: late feedback settlement ignored", "op", op, "err", err)
+		case errors.Is(err, pebbleutil.ErrNoSpace):
+			s.log.Debug("c2d: feedback settlement refused for lack of disk space; detaching the feedback link", "op", op, "err", err)
+			fl.l.Close(noSpaceError("the hub could not record the outcome of a feedback batch (" + op + "); it will be delivered again"))
 		case s.ctx.Err() != nil:
 		default:
 			s.log.Error("c2d: settling feedback failed", "op", op, "err", err)

@@ -1,9 +1,11 @@
 package c2dsvc
 
 import (
+	"errors"
 	"net/http"
 
 	"amqphub/internal/auth"
+	"amqphub/internal/pebbleutil"
 	"amqphub/internal/rest"
 )
 
@@ -48,6 +50,11 @@ func (s *Service) purge(w http.ResponseWriter, r *http.Request, _ auth.Identity)
 }
 
 func (s *Service) storeError(w http.ResponseWriter, id string, err error) {
+	if errors.Is(err, pebbleutil.ErrNoSpace) {
+		// 503 with Retry-After; the store's guard logged the details.
+		rest.WriteError(w, http.StatusServiceUnavailable, rest.CodeServiceUnavailable, rest.NoSpaceMessage)
+		return
+	}
 	s.log.Error("c2d: purge failed", "device", id, "err", err)
 	rest.WriteError(w, http.StatusInternalServerError, rest.CodeServerError, "the hub could not purge the queue")
 }

@@ -13,6 +13,7 @@ import (
 	"amqphub/amqp/encoding"
 	"amqphub/amqp/frames"
 	"amqphub/internal/hub"
+	"amqphub/internal/pebbleutil"
 	"amqphub/internal/registry"
 	"amqphub/internal/telemetry"
 	"amqphub/store/c2d"
@@ -227,6 +228,8 @@ func (s *Service) enqueue(ctx context.Context, q string, p parsed) frames.Delive
 			fmt.Sprintf("the queue of %s already holds %d messages (DeviceMaximumQueueDepthExceeded)", q, s.cfg.MaxQueueDepth))}
 	case errors.Is(err, c2d.ErrInvalid):
 		return frames.Rejected{Error: amqp.NewError(condArgumentError, err.Error())}
+	case errors.Is(err, pebbleutil.ErrNoSpace):
+		return frames.Rejected{Error: noSpaceError("the hub could not store the message")}
 	case ctx.Err() != nil:
 		return frames.Released{}
 	}
