@@ -45,10 +45,12 @@ import (
 	"log/slog"
 	"path/filepath"
 	"sync"
+	"time"
 
 	"amqphub/internal/hub"
 	"amqphub/internal/registry"
 	"amqphub/store/twins"
+	"amqphub/store/twins/jstwins"
 )
 
 // Config configures twins.
@@ -79,16 +81,32 @@ func (c Config) withDefaults() Config {
 const maxRequestBytes = 128 << 10
 
 // Setup builds the twin feature: the store under env.DataDir/twins (in
-// memory with env.InMemory), the endpoint for hub.KindTwin and the REST
+// memory with env.InMemory), or the cluster's JetStream bucket when
+// env.Cluster is set, the endpoint for hub.KindTwin and the REST
 // routes.
 func Setup(env *hub.Env, cfg Config) (*hub.Module, error) {
 	log := env.Logger
 	if log == nil {
 		log = slog.Default()
 	}
-	store, err := twins.OpenPebble(filepath.Join(env.DataDir, "twins"), twins.PebbleOptions{InMemory: env.InMemory, Logger: log})
-	if err != nil {
-		return nil, fmt.Errorf("twin store: %w", err)
+	var store twins.Store
+	if env.Cluster != nil {
+		// Opening loads every twin into the node's cache.
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		js, err := jstwins.Open(ctx, env.Cluster.JS, jstwins.Options{
+			Bucket: env.Cluster.Bucket("twins"), Replicas: env.Cluster.Replicas, Logger: log,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("twin store: %w", err)
+		}
+		store = js
+	} else {
+		pb, err := twins.OpenPebble(filepath.Join(env.DataDir, "twins"), twins.PebbleOptions{InMemory: env.InMemory, Logger: log})
+		if err != nil {
+			return nil, fmt.Errorf("twin store: %w", err)
+		}
+		store = pb
 	}
 	ep := New(store, env.Registry, cfg, log)
 	if env.REST != nil {
