@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -39,6 +40,18 @@ type ehNode struct {
 func startEHNodes(t *testing.T, n int, cfg eventhub.Config) []*ehNode {
 	t.Helper()
 	ns := natstest.RunServer(t)
+	urls := make([]string, n)
+	for i := range urls {
+		urls[i] = ns.ClientURL()
+	}
+	return startEHNodesOn(t, urls, 1, cfg)
+}
+
+// startEHNodesOn starts one node per NATS URL, with buckets of the given
+// replication.
+func startEHNodesOn(t *testing.T, urls []string, replicas int, cfg eventhub.Config) []*ehNode {
+	t.Helper()
+	n := len(urls)
 	lg, err := seglog.Open(t.TempDir(), seglog.Options{Partitions: 4, Logger: amqptest.TestLogger(t)})
 	if err != nil {
 		t.Fatal(err)
@@ -55,7 +68,7 @@ func startEHNodes(t *testing.T, n int, cfg eventhub.Config) []*ehNode {
 	}
 	var nodes []*ehNode
 	for i := range n {
-		nc := natstest.Connect(t, ns.ClientURL())
+		nc := natstest.Connect(t, urls[i])
 		js, err := jetstream.New(nc)
 		if err != nil {
 			t.Fatal(err)
@@ -72,7 +85,7 @@ func startEHNodes(t *testing.T, n int, cfg eventhub.Config) []*ehNode {
 			REST:         rh,
 			Log:          lg,
 			Logger:       amqptest.TestLogger(t),
-			Cluster:      &hub.Cluster{NodeID: fmt.Sprintf("node%d", i), Conn: nc, JS: js, Replicas: 1, Prefix: "AMQPHUB"},
+			Cluster:      &hub.Cluster{NodeID: fmt.Sprintf("node%d", i), Conn: nc, JS: js, Replicas: replicas, Prefix: "AMQPHUB"},
 		}
 		mod, err := eventhub.Setup(env, cfg)
 		if err != nil {
@@ -301,4 +314,76 @@ func TestClusterConsumerGroups(t *testing.T) {
 	if code, body := b.do(t, "PUT", "/eventHubs/consumerGroups/gamma"); code != 201 {
 		t.Fatalf("create gamma on B after the delete: %d %s", code, body)
 	}
+}
+
+// TestClusterGroupLimitConcurrent: creates racing on two nodes never
+// exceed the limit.
+func TestClusterGroupLimitConcurrent(t *testing.T) {
+	nodes := startEHNodes(t, 2, eventhub.Config{MaxConsumerGroups: 5})
+	racingCreates(t, nodes, 12, 4)
+}
+
+// racingCreates creates n groups at once, alternating nodes, and checks
+// that exactly want were created and the rest refused for the limit.
+func racingCreates(t *testing.T, nodes []*ehNode, n, want int) {
+	t.Helper()
+	codes := make(chan int, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			code, body := nodes[i%len(nodes)].do(t, "PUT", fmt.Sprintf("/eventHubs/consumerGroups/race%d", i))
+			if code != 201 && code != 403 {
+				t.Errorf("create race%d: %d %s", i, code, body)
+			}
+			codes <- code
+		}()
+	}
+	wg.Wait()
+	close(codes)
+	created := 0
+	for c := range codes {
+		if c == 201 {
+			created++
+		}
+	}
+	if created != want {
+		t.Errorf("%d groups created by racing creates, want %d", created, want)
+	}
+	for _, nd := range nodes {
+		code, body := nd.do(t, "GET", "/eventHubs/consumerGroups")
+		if names := groupNames(t, []byte(body)); code != 200 || len(names) != want+1 {
+			t.Errorf("list: %d %v, want $Default and %d groups", code, names, want)
+		}
+	}
+}
+
+// TestClusterReplicated: on a three-server NATS cluster with replicated
+// buckets (where conflicts carry another error code and reads may come
+// from a replica), epochs and the group limit hold across nodes connected
+// to different servers.
+func TestClusterReplicated(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts three nats-server processes")
+	}
+	c := natstest.StartCluster(t, 3)
+	nodes := startEHNodesOn(t, []string{c.Nodes[0].ClientURL(), c.Nodes[1].ClientURL()}, 3, eventhub.Config{MaxConsumerGroups: 4})
+	a, b := nodes[0], nodes[1]
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	r1, err := receiverOn(t, ctx, a, "$Default", rcvOpts{epoch: epochOf(1), name: "one"})
+	if err != nil {
+		t.Fatalf("epoch 1 on A: %v", err)
+	}
+	if _, err := receiverOn(t, ctx, b, "$Default", rcvOpts{epoch: epochOf(2), name: "two"}); err != nil {
+		t.Fatalf("epoch 2 on B: %v", err)
+	}
+	if err := waitDetached(t, ctx, r1); condOf(err) != goamqp.ErrCondStolen {
+		t.Fatalf("epoch 1 on A after epoch 2 on B: %v", err)
+	}
+	if _, err := receiverOn(t, ctx, a, "$Default", rcvOpts{epoch: epochOf(1)}); condOf(err) != goamqp.ErrCondStolen {
+		t.Fatalf("epoch 1 on A while epoch 2 holds: %v", err)
+	}
+	racingCreates(t, nodes, 8, 3)
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -34,7 +35,19 @@ func isConflict(err error) bool {
 // write nothing (casUpdate then returns the revision read and nil) or
 // another error to stop. It returns the written revision.
 func casUpdate(ctx context.Context, kv jetstream.KeyValue, key string, fn func(old []byte, rev uint64) ([]byte, error)) (uint64, error) {
-	for range maxCASAttempts {
+	for attempt := range maxCASAttempts {
+		if attempt > 0 {
+			// Conflicts come from other writers of the key, or from a
+			// read served by a replica that lags the write we lost to:
+			// back off a little, with jitter, so that contenders part.
+			t := time.NewTimer(time.Duration(1+rand.IntN(1+min(attempt, 10))) * time.Millisecond)
+			select {
+			case <-t.C:
+			case <-ctx.Done():
+				t.Stop()
+				return 0, fmt.Errorf("write %s: %w", key, ctx.Err())
+			}
+		}
 		var old []byte
 		var rev uint64
 		e, err := kv.Get(ctx, key)
