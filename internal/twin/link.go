@@ -14,6 +14,7 @@ import (
 	"amqphub/amqp/encoding"
 	"amqphub/amqp/frames"
 	"amqphub/internal/hub"
+	"amqphub/internal/pebbleutil"
 	"amqphub/internal/registry"
 	"amqphub/store/twins"
 )
@@ -173,6 +174,10 @@ type reply struct {
 	status  int
 	version int64 // sent when > 0
 	body    []byte
+	// refuse, when set, rejects an unsettled request delivery with it
+	// instead of answering: the hub could not carry the request out at
+	// all. A pre-settled request (the SDKs' way) gets the reply instead.
+	refuse *amqp.Error
 }
 
 // operationTimeout bounds the store and registry work of one request.
@@ -214,6 +219,11 @@ func (ch *channel) handle(d *amqp.Delivery) {
 		r = errorReply(http.StatusBadRequest, 400004, "the twin request has no operation annotation")
 	default:
 		r = errorReply(http.StatusBadRequest, 400004, fmt.Sprintf("twin operation %q on resource %q is not supported", op, resource))
+	}
+	if r.refuse != nil && !d.Settled {
+		// The deferred Accept does nothing after this.
+		d.Reject(r.refuse)
+		return
 	}
 	ch.enqueue(responseMessage(corr, r))
 }
@@ -333,6 +343,14 @@ func (e *Endpoint) failure(id twins.ID, err error) reply {
 		return errorReply(http.StatusRequestEntityTooLarge, 413001, err.Error())
 	case errors.Is(err, twins.ErrClosed), errors.Is(err, registry.ErrClosed):
 		return errorReply(http.StatusServiceUnavailable, 503001, "the hub is shutting down")
+	case errors.Is(err, pebbleutil.ErrNoSpace):
+		// The store's guard logged the outage once; the device learns
+		// the cause, as amqp:internal-error or, on a pre-settled request,
+		// as 503 (ServiceUnavailable, which the SDKs retry).
+		const msg = "the hub could not store the twin: it is out of disk space (insufficient disk space); retry later"
+		r := errorReply(http.StatusServiceUnavailable, 503001, msg)
+		r.refuse = amqp.NewError(amqp.ErrCondInternalError, msg)
+		return r
 	}
 	e.log.Error("twin: request failed", "id", id.String(), "err", err)
 	return errorReply(http.StatusInternalServerError, 500001, "internal error")

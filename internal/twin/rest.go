@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"amqphub/internal/auth"
+	"amqphub/internal/pebbleutil"
 	"amqphub/internal/registry"
 	"amqphub/internal/rest"
 	"amqphub/store/twins"
@@ -153,6 +154,9 @@ func (e *Endpoint) writeError(w http.ResponseWriter, r *http.Request, err error)
 		rest.WriteError(w, http.StatusRequestEntityTooLarge, rest.CodeMessageTooLarge, err.Error())
 	case errors.Is(err, twins.ErrClosed):
 		rest.WriteError(w, http.StatusServiceUnavailable, rest.CodeServiceUnavailable, "the hub is shutting down")
+	case errors.Is(err, pebbleutil.ErrNoSpace):
+		// 503 with Retry-After; the store's guard logged the details.
+		rest.WriteError(w, http.StatusServiceUnavailable, rest.CodeServiceUnavailable, rest.NoSpaceMessage)
 	default:
 		status, code := rest.StatusFor(err)
 		if status == http.StatusInternalServerError {
