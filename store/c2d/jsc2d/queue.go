@@ -114,6 +114,9 @@ func (s *Store) Enqueue(ctx context.Context, queueID string, nm c2d.NewMessage) 
 			needBody = true
 			continue
 		}
+		// A failed write may still have been applied (a timeout), so the
+		// body of a message that was to be stored is kept: if the write did
+		// not happen, the orphan sweep removes it.
 		if !stored && body != 0 {
 			s.deleteBodies([]uint64{body})
 		}
