@@ -230,7 +230,16 @@ func (s *Server) start() error {
 	if err != nil {
 		return err
 	}
-	s.REST, err = rest.New(rest.Config{Registry: reg, Auth: s.Authority, Logger: log})
+	s.REST, err = rest.New(rest.Config{Registry: reg, Auth: s.Authority, Logger: log,
+		// Live connections of an identity changed through REST are
+		// checked at once, not at the next periodic revalidation.
+		OnIdentityChange: func(deviceID, moduleID string) {
+			if moduleID == "" {
+				s.Hub.RevalidateDevice(deviceID)
+			} else {
+				s.Hub.RevalidateModule(deviceID, moduleID)
+			}
+		}})
 	if err != nil {
 		return err
 	}
