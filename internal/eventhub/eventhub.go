@@ -364,6 +364,11 @@ func (ep *endpoint) attachPartition(req *hub.AttachRequest) *amqp.Error {
 		return refuse
 	}
 	for _, v := range victims {
+		if !r.hasEpoch {
+			// Only in a cluster: the victim's lease had expired.
+			v.link.Close(lapsedError(v))
+			continue
+		}
 		v.link.Close(amqp.NewError(amqp.ErrCondStolen, fmt.Sprintf(
 			"receiver %s with epoch %s took over partition %d of consumer group %s; this receiver (epoch %s) is disconnected",
 			describeName(r.name), describeEpoch(r), part, group.Name, describeEpoch(v))))

@@ -406,8 +406,14 @@ func (ep *endpoint) evictMissing(k ownerKey, rev uint64, rec leaseRecord) {
 			v.link.Close(stolenError(holderOf(*thief), v.part, v.group, v))
 			continue
 		}
-		v.link.Close(amqp.NewError(amqp.ErrCondStolen, fmt.Sprintf(
-			"the ownership of this receiver (epoch %s) on partition %d of consumer group %s lapsed and was taken over; attach again",
-			describeEpochOf(v.hasEpoch, v.epoch), v.part, v.group)))
+		v.link.Close(lapsedError(v))
 	}
+}
+
+// lapsedError is the detach of a reader whose lease expired (its node did
+// not renew it in time) and was dropped by another attach.
+func lapsedError(v *reader) *amqp.Error {
+	return amqp.NewError(amqp.ErrCondStolen, fmt.Sprintf(
+		"the ownership of this receiver (epoch %s) on partition %d of consumer group %s lapsed and was taken over; attach again",
+		describeEpochOf(v.hasEpoch, v.epoch), v.part, v.group))
 }
