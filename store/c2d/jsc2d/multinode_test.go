@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"amqphub/internal/natstest"
@@ -358,5 +360,64 @@ func TestOrphanBodies(t *testing.T) {
 	}
 	if err := s.SweepOrphans(ctx, 0); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestServerRestart restarts the server under two stores: once NATS is
+// back they work again, and a watch on one node hears of an enqueue on the
+// other (the bucket watcher resumed).
+func TestServerRestart(t *testing.T) {
+	dir := t.TempDir()
+	srv, err := natstest.StartServer(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := srv.Addr().(*net.TCPAddr).Port
+	restarted := false
+	t.Cleanup(func() {
+		if !restarted {
+			srv.Shutdown()
+		}
+	})
+	connect := func() jetstream.JetStream {
+		nc := natstest.Connect(t, srv.ClientURL())
+		natstest.WaitJetStream(t, nc)
+		js, err := jetstream.New(nc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return js
+	}
+	ctx := context.Background()
+	bucket := uniqueBucket()
+	a := open(t, connect(), jsc2d.Options{Bucket: bucket, NodeID: "A", Timeout: time.Second})
+	defer a.Close()
+	b := open(t, connect(), jsc2d.Options{Bucket: bucket, NodeID: "B", Timeout: time.Second})
+	defer b.Close()
+	if _, err := a.Enqueue(ctx, "d", c2d.NewMessage{MessageID: "before"}); err != nil {
+		t.Fatal(err)
+	}
+	srv.Shutdown()
+	srv.WaitForShutdown()
+	srv2, err := natstest.StartServer(dir, func(o *server.Options) { o.Port = port })
+	if err != nil {
+		t.Fatal(err)
+	}
+	restarted = true
+	t.Cleanup(srv2.Shutdown)
+
+	ch, stop := a.Watch("e")
+	defer stop()
+	eventually(t, "B can enqueue again", func() bool {
+		_, err := b.Enqueue(ctx, "e", c2d.NewMessage{MessageID: "after"})
+		return err == nil
+	})
+	wait(t, ch, "enqueue on B after the restart")
+	m, ok, err := a.Lock(ctx, "e")
+	if err != nil || !ok || m.MessageID != "after" {
+		t.Fatalf("Lock on A = %+v, %v, %v", m, ok, err)
+	}
+	if m, ok, err := b.Lock(ctx, "d"); err != nil || !ok || m.MessageID != "before" {
+		t.Fatalf("message from before the restart: %+v, %v, %v", m, ok, err)
 	}
 }

@@ -7,7 +7,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -57,10 +59,9 @@ type Store struct {
 	bodies  jetstream.Stream
 	bodyPfx string
 
-	watcher jetstream.KeyWatcher
-	ctx     context.Context // cancelled by Close
-	cancel  context.CancelFunc
-	bg      sync.WaitGroup
+	ctx    context.Context // cancelled by Close
+	cancel context.CancelFunc
+	bg     sync.WaitGroup
 
 	mu         sync.Mutex
 	closed     bool
@@ -71,6 +72,9 @@ type Store struct {
 	retiredFb  map[c2d.LockToken]struct{}
 	retiredFbQ []c2d.LockToken
 
+	applied  atomic.Uint64 // highest revision the watcher delivered
+	rewatch  chan struct{}
+	stuckAt  uint64 // background goroutine only: see checkWatch
 	leaseRev uint64 // revision of the sweeper lease while this node holds it; background goroutine only
 
 	inflight  sync.WaitGroup
@@ -141,6 +145,7 @@ func Open(ctx context.Context, js jetstream.JetStream, opts Options) (*Store, er
 		fbWatchers: make(map[chan struct{}]struct{}),
 		batches:    make(map[c2d.LockToken]*batch),
 		retiredFb:  make(map[c2d.LockToken]struct{}),
+		rewatch:    make(chan struct{}, 1),
 	}
 	octx, cancel := context.WithTimeout(ctx, 4*opts.Timeout)
 	defer cancel()
@@ -167,32 +172,13 @@ func Open(ctx context.Context, js jetstream.JetStream, opts Options) (*Store, er
 		return nil, fmt.Errorf("c2d: bodies stream: %w", err)
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
-	w, err := s.kv.Watch(s.ctx, "q.>")
+	w, wcancel, err := s.startWatch(octx)
 	if err != nil {
 		s.cancel()
-		return nil, fmt.Errorf("c2d: watch %s: %w", opts.Bucket, err)
-	}
-	s.watcher = w
-	// The watcher sends every current value, then nil.
-	for loaded := false; !loaded; {
-		select {
-		case e, ok := <-w.Updates():
-			if !ok {
-				s.cancel()
-				return nil, fmt.Errorf("c2d: watch %s: closed while loading", opts.Bucket)
-			}
-			if e == nil {
-				loaded = true
-				break
-			}
-			s.apply(e)
-		case <-octx.Done():
-			s.cancel()
-			return nil, fmt.Errorf("c2d: load %s: %w", opts.Bucket, octx.Err())
-		}
+		return nil, err
 	}
 	s.bg.Add(1)
-	go s.follow()
+	go s.follow(w, wcancel)
 	if err := s.releaseOwnBatches(octx); err != nil {
 		_ = s.Close()
 		return nil, fmt.Errorf("c2d: release the feedback batches of node %s: %w", opts.NodeID, err)
@@ -202,28 +188,86 @@ func Open(ctx context.Context, js jetstream.JetStream, opts Options) (*Store, er
 	return s, nil
 }
 
-// follow applies the changes other nodes (and this one) make.
-func (s *Store) follow() {
-	defer s.bg.Done()
+// startWatch starts a watcher on the whole bucket and applies the current
+// values it sends first (then nil). Values older than the cache's are
+// ignored, so a restarted watcher only fills what was missed.
+func (s *Store) startWatch(ctx context.Context) (jetstream.KeyWatcher, context.CancelFunc, error) {
+	wctx, wcancel := context.WithCancel(s.ctx)
+	w, err := s.kv.WatchAll(wctx)
+	if err != nil {
+		wcancel()
+		return nil, nil, fmt.Errorf("c2d: watch %s: %w", s.opts.Bucket, err)
+	}
 	for {
 		select {
-		case e, ok := <-s.watcher.Updates():
+		case e, ok := <-w.Updates():
 			if !ok {
-				return
+				wcancel()
+				return nil, nil, fmt.Errorf("c2d: watch %s: closed while loading", s.opts.Bucket)
 			}
-			if e != nil {
+			if e == nil {
+				return w, wcancel, nil
+			}
+			s.apply(e)
+		case <-ctx.Done():
+			wcancel()
+			return nil, nil, fmt.Errorf("c2d: load %s: %w", s.opts.Bucket, ctx.Err())
+		}
+	}
+}
+
+// follow applies the changes other nodes (and this one) make. When the
+// health check finds the watcher stuck (its consumer lost with a server),
+// it starts a new one.
+func (s *Store) follow(w jetstream.KeyWatcher, wcancel context.CancelFunc) {
+	defer s.bg.Done()
+	for {
+		restart := false
+		select {
+		case e, ok := <-w.Updates():
+			if !ok {
+				restart = true
+			} else if e != nil {
 				s.apply(e)
 			}
+		case <-s.rewatch:
+			restart = true
 		case <-s.ctx.Done():
+			wcancel()
 			return
+		}
+		if !restart {
+			continue
+		}
+		wcancel()
+		for {
+			ctx, cancel := context.WithTimeout(s.ctx, 4*s.opts.Timeout)
+			var err error
+			w, wcancel, err = s.startWatch(ctx)
+			cancel()
+			if err == nil {
+				break
+			}
+			s.log.Warn("c2d: restart the bucket watcher", "err", err)
+			select {
+			case <-s.ctx.Done():
+				return
+			case <-time.After(time.Second):
+			}
 		}
 	}
 }
 
 // apply puts a watched entry into the cache.
 func (s *Store) apply(e jetstream.KeyValueEntry) {
-	if e.Operation() != jetstream.KeyValuePut {
-		return // queue keys are never deleted
+	for {
+		seen := s.applied.Load()
+		if e.Revision() <= seen || s.applied.CompareAndSwap(seen, e.Revision()) {
+			break
+		}
+	}
+	if e.Operation() != jetstream.KeyValuePut || !strings.HasPrefix(e.Key(), "q.") {
+		return // queue keys are never deleted; the lease is not cached
 	}
 	v, err := decodeQ(e.Value())
 	if err != nil {
@@ -233,6 +277,38 @@ func (s *Store) apply(e jetstream.KeyValueEntry) {
 	s.mu.Lock()
 	s.putLocked(v.ID, e.Revision(), v)
 	s.mu.Unlock()
+}
+
+// checkWatch restarts the watcher when the bucket holds writes it has not
+// delivered at two checks in a row without progress: a consumer lost with
+// a server or a connection does not always come back by itself.
+func (s *Store) checkWatch(ctx context.Context) {
+	c, cancel := context.WithTimeout(ctx, s.opts.Timeout)
+	defer cancel()
+	st, err := s.kv.Status(c)
+	if err != nil {
+		return
+	}
+	bs, ok := st.(*jetstream.KeyValueBucketStatus)
+	if !ok {
+		return
+	}
+	last := bs.StreamInfo().State.LastSeq
+	applied := s.applied.Load()
+	if last <= applied {
+		s.stuckAt = 0
+		return
+	}
+	if s.stuckAt == applied {
+		s.log.Warn("c2d: bucket watcher stalled, restarting it", "applied", applied, "last", last)
+		s.stuckAt = 0
+		select {
+		case s.rewatch <- struct{}{}:
+		default:
+		}
+		return
+	}
+	s.stuckAt = applied
 }
 
 // putLocked stores v at rev unless the cache already holds a newer

@@ -76,12 +76,13 @@ type lease struct {
 // over the same queues; every node signals its own watchers.
 func (s *Store) background() {
 	defer s.bg.Done()
+	interval := s.opts.SweepInterval
 	if s.cfg.ManualSweep {
-		return
+		interval = healthInterval
 	}
-	t := time.NewTicker(s.opts.SweepInterval)
+	t := time.NewTicker(interval)
 	defer t.Stop()
-	lastOrphans := time.Now()
+	lastOrphans, lastHealth := time.Now(), time.Now()
 	for {
 		select {
 		case <-s.ctx.Done():
@@ -91,17 +92,30 @@ func (s *Store) background() {
 		if err := s.begin(s.ctx); err != nil {
 			return
 		}
-		holder := s.holdLease()
-		if err := s.sweep(s.ctx, holder); err != nil && !errors.Is(err, context.Canceled) {
-			s.log.Warn("c2d: sweep", "err", err)
+		if time.Since(lastHealth) >= healthInterval {
+			lastHealth = time.Now()
+			s.checkWatch(s.ctx)
 		}
-		if holder && time.Since(lastOrphans) >= orphanInterval {
-			lastOrphans = time.Now()
-			if err := s.sweepOrphans(s.ctx, orphanAge); err != nil && !errors.Is(err, context.Canceled) {
-				s.log.Warn("c2d: sweep orphan bodies", "err", err)
-			}
+		if !s.cfg.ManualSweep {
+			s.backgroundSweep(&lastOrphans)
 		}
 		s.inflight.Done()
+	}
+}
+
+// healthInterval is how often the watcher's progress is checked.
+const healthInterval = 2 * time.Second
+
+func (s *Store) backgroundSweep(lastOrphans *time.Time) {
+	holder := s.holdLease()
+	if err := s.sweep(s.ctx, holder); err != nil && !errors.Is(err, context.Canceled) {
+		s.log.Warn("c2d: sweep", "err", err)
+	}
+	if holder && time.Since(*lastOrphans) >= orphanInterval {
+		*lastOrphans = time.Now()
+		if err := s.sweepOrphans(s.ctx, orphanAge); err != nil && !errors.Is(err, context.Canceled) {
+			s.log.Warn("c2d: sweep orphan bodies", "err", err)
+		}
 	}
 }
 
