@@ -64,10 +64,11 @@ func TestGuardOff(t *testing.T) {
 
 func TestGuardRealStatFS(t *testing.T) {
 	// The test machine has more than a byte free and less than an exabyte.
-	if err := NewGuard(t.TempDir(), false, GuardOptions{Reserve: 1}, nil, "test").Check(); err != nil {
+	log, _ := testLogger()
+	if err := NewGuard(t.TempDir(), false, GuardOptions{Reserve: 1}, log, "test").Check(); err != nil {
 		t.Fatalf("Check with a 1-byte reserve: %v", err)
 	}
-	err := NewGuard(t.TempDir(), false, GuardOptions{Reserve: 1 << 60}, nil, "test").Check()
+	err := NewGuard(t.TempDir(), false, GuardOptions{Reserve: 1 << 60}, log, "test").Check()
 	if !errors.Is(err, ErrNoSpace) {
 		t.Fatalf("Check with an exabyte reserve = %v, want ErrNoSpace", err)
 	}
