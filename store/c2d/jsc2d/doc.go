@@ -58,9 +58,12 @@
 // records from the cache and locks them with one CAS per queue, storing
 // the batch token, its locked-until and the node id in each record, so
 // another node's TakeFeedback skips them while the lock holds. A batch is
-// settled on the node that took it (its service link is there); when a
-// store opens with a NodeID, the batches an earlier process with that id
-// held are released, since their link died with it.
+// settled on the node that took it (its service link is there; elsewhere
+// the token is ErrNotFound). When a store opens with a NodeID, the batches
+// an earlier process with that id held are released, since their link died
+// with it; a node that comes back under a new id (the hub's default is a
+// random one) leaves its old batches locked until FeedbackLockDuration
+// passes, after which they are handed out again.
 //
 // # Cache and watches
 //
@@ -76,7 +79,12 @@
 // A lock expiry signals through a timer armed at the stored locked-until
 // of a watched queue (with ManualSweep, Sweep signals instead). A value
 // just written by another node may be seen a moment late: Lock can then
-// answer "none", and the watch signal follows.
+// answer "none", and the watch signal follows. Every two seconds a node
+// compares the bucket's last sequence with the last revision its watcher
+// delivered; a watcher stalled at two checks in a row (its consumer lost
+// with a server restart or a failed node) is restarted, which replays
+// every current value into the cache and signals the watches concerned,
+// so wake-ups missed during an outage arrive a few seconds after it.
 //
 // # Sweeping
 //

@@ -14,6 +14,7 @@ import (
 
 	"amqphub/internal/natstest"
 	"amqphub/store/c2d"
+	"amqphub/store/c2d/c2dtest"
 	"amqphub/store/c2d/jsc2d"
 )
 
@@ -138,6 +139,42 @@ func TestTwoNodes(t *testing.T) {
 			n, err := a.PendingFeedback(ctx)
 			return err == nil && n == 0
 		})
+	})
+
+	t.Run("LockLostOnEveryNode", func(t *testing.T) {
+		// One manual clock for both nodes: the lock rules are evaluated
+		// from stored times, so both nodes agree on them.
+		clock := c2dtest.NewClock(time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC))
+		a, b := twoNodes(t, js, c2d.Config{Now: clock.Now, ManualSweep: true, LockDuration: time.Minute})
+		if _, err := a.Enqueue(ctx, "d", c2d.NewMessage{MessageID: "x"}); err != nil {
+			t.Fatal(err)
+		}
+		first, ok, err := a.Lock(ctx, "d")
+		if err != nil || !ok {
+			t.Fatalf("Lock on A: %v %v", ok, err)
+		}
+		clock.Advance(time.Minute)
+		for name, s := range map[string]*jsc2d.Store{"A": a, "B": b} {
+			if err := s.Complete(ctx, "d", first.LockToken); !errors.Is(err, c2d.ErrLockLost) {
+				t.Fatalf("Complete on %s with an expired lock: %v; want ErrLockLost", name, err)
+			}
+		}
+		eventually(t, "B sees the expired lock", func() bool { c, _ := b.Pending(ctx, "d"); return c.Enqueued == 1 })
+		second, ok, err := b.Lock(ctx, "d")
+		if err != nil || !ok || second.Seq != first.Seq {
+			t.Fatalf("Lock on B: %+v %v %v", second, ok, err)
+		}
+		for name, s := range map[string]*jsc2d.Store{"A": a, "B": b} {
+			if err := s.Abandon(ctx, "d", first.LockToken); !errors.Is(err, c2d.ErrLockLost) {
+				t.Fatalf("Abandon on %s with a replaced lock: %v; want ErrLockLost", name, err)
+			}
+		}
+		if err := a.Release(ctx, "d", second.LockToken); err != nil {
+			t.Fatalf("Release on A of B's lock: %v", err)
+		}
+		if err := b.Complete(ctx, "d", second.LockToken); !errors.Is(err, c2d.ErrLockLost) {
+			t.Fatalf("Complete on B after a release on A: %v; want ErrLockLost", err)
+		}
 	})
 
 	t.Run("ConcurrentConsumers", func(t *testing.T) {
