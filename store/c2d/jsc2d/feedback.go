@@ -41,7 +41,7 @@ func cmpCandidate(a, b candidate) int {
 // candidatesLocked lists the available feedback records, oldest first.
 func (s *Store) candidatesLocked(now int64) []candidate {
 	var out []candidate
-	for id, e := range s.cache {
+	for id, e := range s.fbQueues {
 		if e.v == nil {
 			continue
 		}
@@ -170,7 +170,7 @@ func (s *Store) WatchFeedback() (<-chan struct{}, func()) {
 }
 
 func (s *Store) feedbackAvailableLocked(now int64) bool {
-	for _, e := range s.cache {
+	for _, e := range s.fbQueues {
 		if e.v != nil && e.v.hasAvailableFb(now) {
 			return true
 		}
@@ -279,7 +279,7 @@ func (s *Store) countFeedback(ctx context.Context, op string, pred func(*fbrec, 
 	n := 0
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for _, e := range s.cache {
+	for _, e := range s.fbQueues {
 		if e.v == nil {
 			continue
 		}
@@ -297,7 +297,7 @@ func (s *Store) countFeedback(ctx context.Context, op string, pred func(*fbrec, 
 func (s *Store) releaseOwnBatches(ctx context.Context) error {
 	var queues []string
 	s.mu.Lock()
-	for id, e := range s.cache {
+	for id, e := range s.fbQueues {
 		if e.v == nil {
 			continue
 		}

@@ -66,6 +66,7 @@ type Store struct {
 	mu         sync.Mutex
 	closed     bool
 	cache      map[string]*entry // queue id → latest known value
+	fbQueues   map[string]*entry // the cached queues holding feedback records
 	qlocks     map[string]*qlock
 	fbWatchers map[chan struct{}]struct{}
 	batches    map[c2d.LockToken]*batch
@@ -141,6 +142,7 @@ func Open(ctx context.Context, js jetstream.JetStream, opts Options) (*Store, er
 		js:         js,
 		bodyPfx:    opts.Bucket + ".bodies.",
 		cache:      make(map[string]*entry),
+		fbQueues:   make(map[string]*entry),
 		qlocks:     make(map[string]*qlock),
 		fbWatchers: make(map[chan struct{}]struct{}),
 		batches:    make(map[c2d.LockToken]*batch),
@@ -322,6 +324,11 @@ func (s *Store) putLocked(id string, rev uint64, v *qval) {
 		return
 	}
 	e.rev, e.v = rev, v
+	if len(v.Fb) > 0 {
+		s.fbQueues[id] = e
+	} else {
+		delete(s.fbQueues, id)
+	}
 	now := nanos(s.cfg.Now())
 	if len(e.watchers) > 0 {
 		if v.hasAvailable(now) {
