@@ -169,17 +169,17 @@ func Open(ctx context.Context, js jetstream.JetStream, opts Options) (*Store, er
 }
 
 // rewatchDelay is the pause before a failed watch is started again.
-const rewatchDelay = time.Second
+const rewatchDelay = 500 * time.Millisecond
 
 // watch applies the watch's updates to the cache until Close.
 //
 // The watch is an ordered consumer that lives on one server; when that
-// server restarts or the connection moves to another one, the consumer
-// may be gone, and the client library notices only after two missed idle
-// heartbeats (10 s). So after every reconnect the watch is replaced at
-// once by one that resumes after the last revision applied; updates the
-// cache already has are dropped by revision, which makes replacing the
-// watch harmless when the old consumer was still alive.
+// server dies or restarts, the consumer is gone, and the client library
+// notices only after two missed idle heartbeats (10 s). So after every
+// reconnect a second watch is started that resumes after the last revision
+// applied, while the first one goes on delivering in case its consumer is
+// alive; once the new watch exists it replaces the old one. Updates the
+// cache already has are dropped by revision, so the overlap is harmless.
 func (s *Store) watch(w jetstream.KeyWatcher, ready chan struct{}) {
 	defer close(s.done)
 	var reconnected chan nats.Status
@@ -187,41 +187,77 @@ func (s *Store) watch(w jetstream.KeyWatcher, ready chan struct{}) {
 		reconnected = nc.StatusChanged(nats.CONNECTED)
 		defer nc.RemoveStatusListener(reconnected)
 	}
+	type attempt struct {
+		w   jetstream.KeyWatcher
+		err error
+	}
 	updates := w.Updates()
-	var retry <-chan time.Time
+	var (
+		starting chan attempt // the running attempt to start a watch, or nil
+		again    bool         // start another attempt when this one ends
+		retry    <-chan time.Time
+	)
 	rewatch := func() {
-		if w != nil {
-			s.stopWatcher(w, false)
-			w, updates = nil, nil
-		}
-		nw, err := s.kv.WatchAll(s.ctx, jetstream.ResumeFromRevision(s.cache.lastRevision()+1))
-		if err != nil {
-			if s.ctx.Err() == nil {
-				s.log.Warn("registry: cannot restart the bucket watch, retrying", "err", err)
-				retry = time.After(rewatchDelay)
-			}
+		retry = nil
+		if starting != nil {
+			again = true
 			return
 		}
-		w, updates, retry = nw, nw.Updates(), nil
+		from := s.cache.lastRevision() + 1
+		ch := make(chan attempt, 1)
+		go func() {
+			nw, err := s.kv.WatchAll(s.ctx, jetstream.ResumeFromRevision(from))
+			ch <- attempt{nw, err}
+		}()
+		starting = ch
 	}
 	loading := true
 	for {
 		select {
 		case <-s.ctx.Done():
 			if w != nil {
-				s.stopWatcher(w, true)
+				s.stopWatcher(w)
+			}
+			if starting != nil {
+				go func(ch chan attempt) {
+					if a := <-ch; a.err == nil {
+						s.stopWatcher(a.w)
+					}
+				}(starting)
 			}
 			return
 		case <-reconnected:
 			rewatch()
 		case <-retry:
 			rewatch()
+		case a := <-starting:
+			starting = nil
+			switch {
+			case a.err != nil:
+				if s.ctx.Err() == nil {
+					s.log.Warn("registry: cannot restart the bucket watch, retrying", "err", a.err)
+					retry = time.After(rewatchDelay)
+				}
+			case s.ctx.Err() != nil:
+				s.stopWatcher(a.w)
+			default:
+				if w != nil {
+					s.stopWatcher(w)
+				}
+				w, updates = a.w, a.w.Updates()
+			}
+			if again {
+				again = false
+				rewatch()
+			}
 		case e, ok := <-updates:
 			if !ok {
 				// The subscription ended without Close (the connection
 				// closed, or the server removed the consumer).
 				w, updates = nil, nil
-				retry = time.After(rewatchDelay)
+				if starting == nil && retry == nil {
+					retry = time.After(rewatchDelay)
+				}
 				continue
 			}
 			if e == nil {
@@ -245,24 +281,23 @@ func (s *Store) watch(w jetstream.KeyWatcher, ready chan struct{}) {
 	}
 }
 
-// stopWatcher ends a watch. Its updates channel is drained until it
-// closes, because the library's delivery goroutine blocks on a full
-// channel and would otherwise never finish. wait asks for the consumer's
-// deletion to be awaited; without a connection it never is, since it
-// would take the request timeout and the server drops an idle ordered
-// consumer by itself.
-func (s *Store) stopWatcher(w jetstream.KeyWatcher, wait bool) {
+// stopWatcher ends a watch without waiting for it. Stop unsubscribes at
+// once but then asks the server to delete the watch's consumer, which can
+// take the request timeout while the cluster elects a leader or the
+// connection is down (the server drops an idle ordered consumer by
+// itself). The updates channel is drained until it closes, because the
+// library's delivery goroutine blocks on a full channel and would never
+// finish otherwise.
+func (s *Store) stopWatcher(w jetstream.KeyWatcher) {
 	go func() {
 		for range w.Updates() {
 		}
 	}()
-	if nc := s.js.Conn(); wait && (nc == nil || nc.IsConnected()) {
+	go func() {
 		if err := w.Stop(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) && !errors.Is(err, nats.ErrBadSubscription) {
 			s.log.Debug("registry: stopping the bucket watch", "err", err)
 		}
-		return
-	}
-	go func() { _ = w.Stop() }()
+	}()
 }
 
 // Close stops the watch. Later calls fail with registry.ErrClosed. The
