@@ -92,7 +92,7 @@ type Store struct {
 	stop   context.CancelFunc
 	done   chan struct{} // closed when the watch goroutine ends
 
-	stripes [lockStripes]sync.Mutex
+	stripes [lockStripes]stripe
 	seed    maphash.Seed
 
 	lmu       sync.Mutex
@@ -347,11 +347,14 @@ func (s *Store) notify(deviceID, moduleID string) {
 	}
 }
 
-// applyLocal puts a state this Store wrote or read into the cache and
-// announces it if it was news.
+// applyLocal puts a state this Store wrote or read into the cache. If it
+// was news, it is announced when the device's stripe lock, which every
+// caller holds, is released, so that a listener may write to the same
+// device.
 func (s *Store) applyLocal(ch change) {
 	if s.cache.applyLocal(ch) {
-		s.notify(ch.deviceID, ch.moduleID)
+		st := s.stripe(ch.deviceID)
+		st.notes = append(st.notes, ch)
 	}
 }
 
@@ -421,10 +424,31 @@ func parseEntry(e jetstream.KeyValueEntry) (change, error) {
 	return ch, nil
 }
 
+// stripe is a write lock shared by a set of devices, with the changes made
+// under it that are still to be announced.
+type stripe struct {
+	mu    sync.Mutex
+	notes []change
+}
+
+func (s *Store) stripe(deviceID string) *stripe {
+	return &s.stripes[maphash.String(s.seed, deviceID)%lockStripes]
+}
+
+// lock serialises this node's writes to a device (the bucket's
+// compare-and-set serialises them across nodes; this saves retries). The
+// returned function unlocks and then announces the changes made.
 func (s *Store) lock(deviceID string) func() {
-	mu := &s.stripes[maphash.String(s.seed, deviceID)%lockStripes]
-	mu.Lock()
-	return mu.Unlock
+	st := s.stripe(deviceID)
+	st.mu.Lock()
+	return func() {
+		notes := st.notes
+		st.notes = nil
+		st.mu.Unlock()
+		for _, ch := range notes {
+			s.notify(ch.deviceID, ch.moduleID)
+		}
+	}
 }
 
 // begin starts a write: it fails at once when the Store is closed or the

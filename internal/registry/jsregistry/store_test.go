@@ -451,3 +451,62 @@ func TestKeys(t *testing.T) {
 		}
 	}
 }
+
+// TestOnChangeLocal checks that local writes are announced once each, after
+// the write's locks are released: a listener may write the same device.
+func TestOnChangeLocal(t *testing.T) {
+	ctx := context.Background()
+	_, js := newJS(t)
+	s := open(t, js, freshBucket())
+	var mu sync.Mutex
+	calls := 0
+	var cbErr error
+	cancel := s.OnChange(func(deviceID, moduleID string) {
+		mu.Lock()
+		calls++
+		first := calls == 1
+		mu.Unlock()
+		if first {
+			d, err := s.GetDevice(ctx, deviceID)
+			if err == nil {
+				d.StatusReason = "from callback"
+				_, err = s.ReplaceDevice(ctx, d, d.ETag)
+			}
+			mu.Lock()
+			cbErr = err
+			mu.Unlock()
+		}
+	})
+	done := make(chan error, 1)
+	go func() {
+		_, err := s.CreateDevice(ctx, sasDevice("cb"))
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("CreateDevice did not return: a listener writing the same device deadlocked")
+	}
+	// The create is announced by the write or, if the watch delivered it
+	// first, by the watch: the listener's write may still be under way.
+	var got registry.Device
+	eventually(t, "the listener's write", func() bool {
+		got, _ = s.GetDevice(ctx, "cb")
+		return got.StatusReason == "from callback"
+	})
+	// Let the watch deliver both revisions; they must not be announced
+	// again.
+	eventually(t, "watch catches up", func() bool { return s.cache.lastRevision() >= 2 })
+	cancel()
+	if _, err := s.ReplaceDevice(ctx, got, ""); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if cbErr != nil || calls != 2 {
+		t.Fatalf("listener called %d times (want 2: create, its own replace; none after cancel), error %v", calls, cbErr)
+	}
+}
