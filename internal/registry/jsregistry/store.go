@@ -128,13 +128,7 @@ func Open(ctx context.Context, js jetstream.JetStream, opts Options) (*Store, er
 
 	cctx, cancel := context.WithTimeout(ctx, opts.LoadTimeout)
 	defer cancel()
-	kv, err := js.CreateOrUpdateKeyValue(cctx, jetstream.KeyValueConfig{
-		Bucket:      opts.Bucket,
-		Description: "amqphub device registry",
-		History:     1,
-		Replicas:    opts.Replicas,
-		Storage:     opts.Storage,
-	})
+	kv, err := openBucket(cctx, js, opts, log)
 	if err != nil {
 		return nil, fmt.Errorf("open registry bucket %q: %w: %w", opts.Bucket, registry.ErrUnavailable, err)
 	}
@@ -166,6 +160,33 @@ func Open(ctx context.Context, js jetstream.JetStream, opts Options) (*Store, er
 	}
 	_ = s.Close()
 	return nil, fmt.Errorf("load registry bucket %q: %w: %w", opts.Bucket, registry.ErrUnavailable, err)
+}
+
+// openBucket opens the bucket, creating it if it does not exist. An
+// existing bucket's configuration is left alone, so that one node started
+// with other options cannot, say, scale down the cluster's replicas.
+func openBucket(ctx context.Context, js jetstream.JetStream, opts Options, log *slog.Logger) (jetstream.KeyValue, error) {
+	kv, err := js.KeyValue(ctx, opts.Bucket)
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		kv, err = js.CreateKeyValue(ctx, jetstream.KeyValueConfig{
+			Bucket:      opts.Bucket,
+			Description: "amqphub device registry",
+			History:     1,
+			Replicas:    opts.Replicas,
+			Storage:     opts.Storage,
+		})
+		if errors.Is(err, jetstream.ErrBucketExists) {
+			// Another node created it first.
+			kv, err = js.KeyValue(ctx, opts.Bucket)
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	if st, err := kv.Status(ctx); err == nil && st.Config().Replicas != opts.Replicas {
+		log.Warn("registry: the bucket exists with another replica count; keeping it", "replicas", st.Config().Replicas, "configured", opts.Replicas)
+	}
+	return kv, nil
 }
 
 // rewatchDelay is the pause before a failed watch is started again.
@@ -319,9 +340,9 @@ func (s *Store) Close() error {
 // (moduleID "") or module that changes, whether the change was made
 // through this Store or arrived from another node through the watch. It
 // is called once per change per Store, after the new state is readable,
-// with no lock held, so fn may call the Store; calls may come from several
-// goroutines at once. A slow fn delays this Store's view of other nodes'
-// writes. cancel unregisters fn.
+// with no lock held, so fn may call the Store (but not Close); calls may
+// come from several goroutines at once. A slow fn delays this Store's view
+// of other nodes' writes. cancel unregisters fn.
 func (s *Store) OnChange(fn func(deviceID, moduleID string)) (cancel func()) {
 	s.lmu.Lock()
 	id := s.nextL
