@@ -5,19 +5,27 @@
 //
 // # Layout
 //
-// One bucket, keeping Options.History revisions per key. A device twin is the key t.<dev>, a module twin
-// t.<dev>.<mod>, where each token is the id in unpadded base64url (ids may
-// hold characters keys forbid). A value is one format byte, the last
+// One bucket, keeping Options.History revisions per key. A device twin is
+// the key t.<dev>, a module twin t.<dev>.<mod>, where each token is the id
+// in unpadded base64url (ids may hold characters keys forbid). A value is one format byte, the last
 // desired patch with the desired $version it produced, and the twin in the
 // record form the Pebble backend uses (twins.EncodeRecord).
 //
 // # Cache and watch
 //
-// Open watches the whole bucket and keeps every key's latest value (raw
-// bytes, so memory is about the bucket's size) and revision. Get decodes
-// the cached value: a node reads its own writes at once and other nodes'
-// writes as soon as its watch delivered them (usually within a
-// millisecond or two).
+// Open follows the bucket's stream with an ordered consumer (last value
+// per key, then every new message) and keeps every key's latest value (raw
+// bytes, so memory is about the bucket's size; deleted keys leave a small
+// tombstone) and revision. Get decodes the cached value: a node reads its
+// own writes at once and other nodes' writes as soon as its watch
+// delivered them (usually within a millisecond or two).
+//
+// The consumer recovers from most failures by itself; a watchdog compares
+// the stream's last sequence with what the watch delivered every second
+// and replaces a watch that stopped making progress (seen when the NATS
+// server holding the consumer was killed), resuming after the last
+// delivered revision. Announcements are then late by a few seconds, never
+// lost: every key changed meanwhile is delivered.
 //
 // Writes are read-modify-write with compare-and-set: the cached value is
 // patched with the same functions the Pebble backend uses and written with
@@ -38,8 +46,10 @@
 //
 //   - if the version is exactly one higher and the value carries the patch
 //     that produced it, that patch (the same patch the writer announced);
-//   - otherwise (the node missed versions: its watch skipped superseded
-//     values after a reconnect, or a re-read jumped ahead) the merge patch
+//   - otherwise (the node missed versions: the stream keeps only
+//     Options.History values per key and a watch that lagged behind a
+//     burst of writes, even for milliseconds, never sees the superseded
+//     ones; or a re-read after a conflict jumped ahead) the merge patch
 //     from the desired properties it knew to the new ones (twins.Diff, with
 //     nulls for removed properties). Devices merge a patch into their
 //     desired properties, so the result is the same state; only the
@@ -55,9 +65,16 @@
 // # Unreachable NATS
 //
 // Every call fails at once with ErrUnavailable while the NATS connection
-// is not connected, and every request is bounded by Options.Timeout. A
-// write that timed out may still have been applied; other nodes and this
-// one then announce it when their watches deliver it.
+// is not connected, and every request is bounded by Options.Timeout.
+// Requests nobody answered (the stream has no leader during an election)
+// are retried within that bound. A write that timed out may still have
+// been applied; other nodes and this one then announce it when their
+// watches deliver it.
+//
+// Durability is JetStream's: a write is acknowledged once the stream's
+// replicas hold it (JetStream flushes its files to disk periodically,
+// not per message: with Replicas 1 a machine crash can lose the last
+// writes).
 package jstwins
 
 import (
@@ -89,6 +106,21 @@ const (
 // back-to-back wins every race against a node that must re-read first:
 // the loser has to outlast the other's burst.
 const maxAttempts = 500
+
+// The bucket's stream and the header of its delete and purge markers, as
+// JetStream's key-value convention names them.
+const (
+	streamPrefix = "KV_"
+	kvOperation  = "KV-Operation"
+)
+
+// watchHeartbeat is how often the watch's consumer shows it is alive when
+// idle; a watch whose consumer vanished (its server died) is recreated
+// after two missed heartbeats.
+const watchHeartbeat = time.Second
+
+// watchCheck is the watchdog's period.
+const watchCheck = time.Second
 
 // loadTimeouts bounds Open's initial load, in request timeouts, when its
 // context has no deadline.
@@ -148,10 +180,15 @@ type Store struct {
 	locks  [stripes]sync.Mutex
 	shards [stripes]shard
 
-	watcher     jetstream.KeyWatcher
-	stopWatch   context.CancelFunc
-	watchDone   chan struct{}
-	watchBroken atomic.Bool
+	subjPrefix  string        // of the bucket's keys: "$KV.<bucket>."
+	initialLast uint64        // the stream's last sequence when Open started
+	loaded      atomic.Bool   // the initial load is over: announce changes
+	loadedCh    chan struct{} // closed when loaded is set
+	watchRev    atomic.Uint64 // the highest revision the watch delivered
+	stopDog     chan struct{} // closed by Close: stops the watchdog
+	dogDone     chan struct{}
+	watchMu     sync.Mutex
+	cc          jetstream.ConsumeContext // the current watch
 
 	subMu   sync.Mutex
 	nextSub uint64
@@ -211,7 +248,9 @@ func Open(ctx context.Context, js jetstream.JetStream, opts Options) (*Store, er
 	}
 	s := &Store{
 		js: js, nc: js.Conn(), bucket: opts.Bucket, log: opts.Logger.With("component", "twins/jetstream"),
-		now: opts.Now, timeout: opts.Timeout, seed: maphash.MakeSeed(), watchDone: make(chan struct{}),
+		now: opts.Now, timeout: opts.Timeout, seed: maphash.MakeSeed(),
+		subjPrefix: "$KV." + opts.Bucket + ".", loadedCh: make(chan struct{}),
+		stopDog: make(chan struct{}), dogDone: make(chan struct{}),
 	}
 	for i := range s.shards {
 		s.shards[i].m = map[string]*entry{}
@@ -229,26 +268,9 @@ func Open(ctx context.Context, js jetstream.JetStream, opts Options) (*Store, er
 	}
 	s.kv = kv
 
-	// The watch lives as long as the store, not as long as ctx.
-	wctx, stop := context.WithCancel(context.Background())
-	w, err := kv.WatchAll(wctx)
-	if err != nil {
-		stop()
-		return nil, fmt.Errorf("watch twin bucket %s: %w", opts.Bucket, err)
-	}
-	s.watcher, s.stopWatch = w, stop
-	// The initial load may take longer than one request on a big bucket:
-	// it follows ctx, or loadTimeouts request timeouts.
-	lctx, lcancel := ctx, context.CancelFunc(func() {})
-	if _, ok := ctx.Deadline(); !ok {
-		lctx, lcancel = context.WithTimeout(ctx, loadTimeouts*s.timeout)
-	}
-	defer lcancel()
-	if err := s.loadInitial(lctx); err != nil {
-		s.stopWatching()
+	if err := s.startWatch(ctx, octx); err != nil {
 		return nil, err
 	}
-	go s.watch()
 	return s, nil
 }
 
@@ -280,61 +302,166 @@ func openBucket(ctx context.Context, js jetstream.JetStream, opts Options) (jets
 	})
 }
 
-// loadInitial fills the cache with the values the watch delivers before
-// its end-of-initial-values marker.
-func (s *Store) loadInitial(ctx context.Context) error {
-	for {
-		select {
-		case e, ok := <-s.watcher.Updates():
-			if !ok {
-				return fmt.Errorf("load twin bucket %s: the watch ended", s.bucket)
-			}
-			if e == nil {
-				return nil
-			}
-			s.applyEntry(e, false)
-		case <-ctx.Done():
-			return fmt.Errorf("load twin bucket %s: %w", s.bucket, ctx.Err())
-		}
-	}
-}
-
-func (s *Store) watch() {
-	defer close(s.watchDone)
-	for e := range s.watcher.Updates() {
-		if e != nil {
-			s.applyEntry(e, true)
-		}
-	}
-	s.closeMu.RLock()
-	closed := s.closed
-	s.closeMu.RUnlock()
-	if !closed {
-		// The subscription only ends when the connection is closed for
-		// good; nothing more can be learnt of other nodes.
-		s.watchBroken.Store(true)
-		s.log.Error("twin bucket watch ended", "bucket", s.bucket)
-	}
-}
-
-func (s *Store) applyEntry(e jetstream.KeyValueEntry, announce bool) {
-	id, err := idOf(e.Key())
+// startWatch starts following the bucket and returns after the initial
+// load of every key (bounded by ctx, or loadTimeouts request timeouts).
+func (s *Store) startWatch(ctx, octx context.Context) error {
+	// The initial load ends with the newest message now in the stream: it
+	// is necessarily the last of its key, so the watch delivers it (or a
+	// newer one) after every older key.
+	st, err := s.kv.Status(octx)
 	if err != nil {
-		s.log.Warn("ignoring a foreign key in the twin bucket", "bucket", s.bucket, "err", err)
+		return fmt.Errorf("twin bucket %s status: %w", s.bucket, err)
+	}
+	if bs, ok := st.(*jetstream.KeyValueBucketStatus); ok && st.Values() > 0 {
+		s.initialLast = bs.StreamInfo().State.LastSeq
+	}
+	if s.initialLast == 0 {
+		s.loaded.Store(true)
+		close(s.loadedCh)
+	}
+	cc, err := s.consume(octx, jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverLastPerSubjectPolicy})
+	if err != nil {
+		return fmt.Errorf("watch twin bucket %s: %w", s.bucket, err)
+	}
+	s.cc = cc
+	go s.watchdog()
+
+	lctx, lcancel := ctx, context.CancelFunc(func() {})
+	if _, ok := ctx.Deadline(); !ok {
+		lctx, lcancel = context.WithTimeout(ctx, loadTimeouts*s.timeout)
+	}
+	defer lcancel()
+	select {
+	case <-s.loadedCh:
+		return nil
+	case <-lctx.Done():
+		s.stopWatching()
+		return fmt.Errorf("load twin bucket %s: %w", s.bucket, lctx.Err())
+	}
+}
+
+// onWatch handles one message of the watch (on the consumer's goroutine,
+// in stream order).
+func (s *Store) onWatch(m jetstream.Msg) {
+	md, err := m.Metadata()
+	if err != nil {
+		s.log.Warn("twin bucket watch: a message without metadata", "bucket", s.bucket, "err", err)
 		return
 	}
-	var val []byte
-	if e.Operation() == jetstream.KeyValuePut {
-		val = e.Value()
+	rev := md.Sequence.Stream
+	for cur := s.watchRev.Load(); rev > cur && !s.watchRev.CompareAndSwap(cur, rev); cur = s.watchRev.Load() {
 	}
-	s.observe(e.Key(), id, e.Revision(), val, nil, announce)
+	loaded := s.loaded.Load()
+	if key, ok := strings.CutPrefix(m.Subject(), s.subjPrefix); ok {
+		if id, err := idOf(key); err != nil {
+			s.log.Warn("ignoring a foreign key in the twin bucket", "bucket", s.bucket, "err", err)
+		} else {
+			// Delete and purge markers carry an operation header; markers
+			// the server writes (limits) a reason header.
+			var val []byte
+			if h := m.Headers(); h.Get(kvOperation) == "" && h.Get(jetstream.MarkerReasonHeader) == "" {
+				val = m.Data()
+			}
+			s.observe(key, id, rev, val, nil, loaded)
+		}
+	}
+	if !loaded && rev >= s.initialLast {
+		s.loaded.Store(true)
+		close(s.loadedCh)
+	}
 }
 
-func (s *Store) stopWatching() {
-	if err := s.watcher.Stop(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) && !errors.Is(err, nats.ErrBadSubscription) {
-		s.log.Warn("stop twin bucket watch", "err", err)
+// consume starts an ordered consumer of the bucket's keys that calls
+// onWatch. Two may run at once while the watchdog replaces one: observe
+// ignores what it already saw.
+func (s *Store) consume(ctx context.Context, cfg jetstream.OrderedConsumerConfig) (jetstream.ConsumeContext, error) {
+	cfg.FilterSubjects = []string{s.subjPrefix + ">"}
+	cons, err := s.js.OrderedConsumer(ctx, streamPrefix+s.bucket, cfg)
+	if err != nil {
+		return nil, err
 	}
-	s.stopWatch()
+	return cons.Consume(s.onWatch,
+		jetstream.PullHeartbeat(watchHeartbeat), jetstream.PullExpiry(4*watchHeartbeat),
+		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
+			s.log.Debug("twin bucket watch", "bucket", s.bucket, "err", err)
+		}))
+}
+
+// watchdog replaces the watch when the stream holds messages it has not
+// delivered for two checks in a row. The ordered consumer recovers by
+// itself from most failures, but not always quickly (or at all, seen
+// after the NATS server holding it was killed), and a stuck watch means
+// stale reads and desired changes never announced.
+func (s *Store) watchdog() {
+	defer close(s.dogDone)
+	t := time.NewTicker(watchCheck)
+	defer t.Stop()
+	var prevRev uint64
+	behind := false
+	for {
+		select {
+		case <-s.stopDog:
+			return
+		case <-t.C:
+		}
+		if !s.nc.IsConnected() {
+			behind = false
+			continue
+		}
+		rev := s.watchRev.Load()
+		last, err := s.streamLast()
+		if err != nil {
+			s.log.Debug("twin bucket watchdog", "bucket", s.bucket, "err", err)
+			continue
+		}
+		stuck := behind && last > rev && rev == prevRev
+		behind, prevRev = last > rev, rev
+		if !stuck {
+			continue
+		}
+		s.log.Warn("twin bucket watch is stuck; restarting it", "bucket", s.bucket, "delivered", rev, "stream_last", last)
+		ctx, cancel := context.WithTimeout(context.Background(), s.timeout)
+		cc, err := s.consume(ctx, jetstream.OrderedConsumerConfig{
+			DeliverPolicy: jetstream.DeliverByStartSequencePolicy, OptStartSeq: rev + 1,
+		})
+		cancel()
+		if err != nil {
+			s.log.Warn("restart twin bucket watch", "bucket", s.bucket, "err", err)
+			continue
+		}
+		s.watchMu.Lock()
+		old := s.cc
+		s.cc = cc
+		s.watchMu.Unlock()
+		old.Stop()
+		behind = false
+	}
+}
+
+// streamLast returns the sequence of the stream's newest message.
+func (s *Store) streamLast() (uint64, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), min(s.timeout, 2*watchCheck))
+	defer cancel()
+	st, err := s.kv.Status(ctx)
+	if err != nil {
+		return 0, err
+	}
+	bs, ok := st.(*jetstream.KeyValueBucketStatus)
+	if !ok {
+		return 0, errors.New("bucket status without stream information")
+	}
+	return bs.StreamInfo().State.LastSeq, nil
+}
+
+// stopWatching stops the watchdog, then the watch.
+func (s *Store) stopWatching() jetstream.ConsumeContext {
+	close(s.stopDog)
+	<-s.dogDone
+	s.watchMu.Lock()
+	cc := s.cc
+	s.watchMu.Unlock()
+	cc.Stop()
+	return cc
 }
 
 // Close stops the watch; later calls fail with twins.ErrClosed. It does
@@ -347,9 +474,9 @@ func (s *Store) Close() error {
 	}
 	s.closed = true
 	s.closeMu.Unlock()
-	s.stopWatching()
+	cc := s.stopWatching()
 	select {
-	case <-s.watchDone:
+	case <-cc.Closed():
 	case <-time.After(s.timeout):
 		return fmt.Errorf("close twin store: the watch of bucket %s did not stop within %v", s.bucket, s.timeout)
 	}
@@ -387,9 +514,6 @@ func (s *Store) leave() { s.closeMu.RUnlock() }
 
 // usable fails when the cache cannot be trusted or nothing can be written.
 func (s *Store) usable() error {
-	if s.watchBroken.Load() {
-		return fmt.Errorf("%w: the bucket watch ended", ErrUnavailable)
-	}
 	if !s.nc.IsConnected() {
 		return fmt.Errorf("%w (connection %s)", ErrUnavailable, s.nc.Status())
 	}
@@ -596,6 +720,12 @@ func (s *Store) write(ctx context.Context, id twins.ID, generation string, apply
 			s.observe(key, id, nrev, nval, &next, true)
 			return cur.twin, nil
 		}
+		if isTransient(err) {
+			if err := pause(ctx, attempt); err != nil {
+				return twins.Twin{}, fmt.Errorf("write twin %s: %w", id, err)
+			}
+			continue
+		}
 		if !isConflict(err) {
 			return twins.Twin{}, fmt.Errorf("write twin %s: %w", id, err)
 		}
@@ -631,6 +761,7 @@ func (s *Store) refresh(ctx context.Context, key string, id twins.ID, rev uint64
 			progress = true
 		}
 		sh.mu.Unlock()
+	case isTransient(err):
 	case err != nil:
 		return fmt.Errorf("re-read twin %s after a concurrent write: %w", id, err)
 	case e.Revision() > rev:
@@ -640,12 +771,29 @@ func (s *Store) refresh(ctx context.Context, key string, id twins.ID, rev uint64
 	if progress {
 		return nil
 	}
+	if err := pause(ctx, attempt); err != nil {
+		return fmt.Errorf("re-read twin %s after a concurrent write: %w", id, err)
+	}
+	return nil
+}
+
+// pause waits before another attempt, longer after more attempts.
+func pause(ctx context.Context, attempt int) error {
+	t := time.NewTimer(time.Millisecond << min(attempt, 7))
+	defer t.Stop()
 	select {
-	case <-time.After(time.Millisecond << min(attempt, 6)):
+	case <-t.C:
 		return nil
 	case <-ctx.Done():
-		return fmt.Errorf("re-read twin %s after a concurrent write: %w", id, ctx.Err())
+		return ctx.Err()
 	}
+}
+
+// isTransient reports a request nobody answered: the stream has no leader
+// (an election after a NATS node was lost), so nothing was written and
+// the request can be sent again.
+func isTransient(err error) bool {
+	return errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, nats.ErrNoResponders)
 }
 
 // isConflict reports a lost compare-and-set.
@@ -675,14 +823,22 @@ func (s *Store) deleteKey(ctx context.Context, key string, id twins.ID) error {
 	mu := &s.locks[s.index(key)]
 	mu.Lock()
 	defer mu.Unlock()
-	m := nats.NewMsg("$KV." + s.bucket + "." + key)
-	m.Header.Set("KV-Operation", "DEL")
-	ack, err := s.js.PublishMsg(ctx, m)
-	if err != nil {
-		return fmt.Errorf("delete twin %s: %w", id, err)
+	for attempt := 0; ; attempt++ {
+		m := nats.NewMsg(s.subjPrefix + key)
+		m.Header.Set(kvOperation, "DEL")
+		ack, err := s.js.PublishMsg(ctx, m)
+		if isTransient(err) {
+			if err := pause(ctx, attempt); err != nil {
+				return fmt.Errorf("delete twin %s: %w", id, err)
+			}
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("delete twin %s: %w", id, err)
+		}
+		s.observe(key, id, ack.Sequence, nil, nil, false)
+		return nil
 	}
-	s.observe(key, id, ack.Sequence, nil, nil, false)
-	return nil
 }
 
 // DeleteDevice implements twins.Store. It deletes the device's key and
