@@ -52,6 +52,10 @@ func loadOptions(args []string, stderr io.Writer) (server.Options, string, error
 		tlsKey    = fs.String("tls-key", "", "TLS key file; env AMQPHUB_TLS_KEY")
 		parts     = fs.Int("partitions", 0, "telemetry partitions, fixed at creation (default 4); env AMQPHUB_PARTITIONS")
 		logLevel  = fs.String("log-level", "", "debug, info, warn or error (default info); env AMQPHUB_LOG_LEVEL")
+		cluster   = fs.String("cluster", "", "NATS JetStream URLs, comma-separated: run as one node of a cluster (no local state); env AMQPHUB_CLUSTER")
+		nodeID    = fs.String("node-id", "", "this node's name in the cluster (default random); env AMQPHUB_NODE_ID")
+		replicas  = fs.Int("replicas", 0, "replicas of the cluster's streams and buckets (default 3 with 3+ NATS servers, else 1); env AMQPHUB_REPLICAS")
+		aliases   = fs.String("host-aliases", "", "further host names SAS tokens may name, comma-separated; env AMQPHUB_HOST_ALIASES")
 	)
 	if err := fs.Parse(args); err != nil {
 		return server.Options{}, "", err
@@ -84,6 +88,25 @@ func loadOptions(args []string, stderr io.Writer) (server.Options, string, error
 	str(&o.HTTPSAddr, "AMQPHUB_HTTPS_ADDR", *httpsAddr)
 	str(&o.TLSCertFile, "AMQPHUB_TLS_CERT", *tlsCert)
 	str(&o.TLSKeyFile, "AMQPHUB_TLS_KEY", *tlsKey)
+	str(&o.Cluster.URLs, "AMQPHUB_CLUSTER", *cluster)
+	str(&o.Cluster.NodeID, "AMQPHUB_NODE_ID", *nodeID)
+	var aliasList string
+	str(&aliasList, "AMQPHUB_HOST_ALIASES", *aliases)
+	for _, a := range strings.Split(aliasList, ",") {
+		if a = strings.TrimSpace(a); a != "" {
+			o.HostAliases = append(o.HostAliases, a)
+		}
+	}
+	if v := os.Getenv("AMQPHUB_REPLICAS"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil {
+			return o, "", fmt.Errorf("AMQPHUB_REPLICAS=%q: %w", v, err)
+		}
+		o.Cluster.Replicas = n
+	}
+	if *replicas != 0 {
+		o.Cluster.Replicas = *replicas
+	}
 	if v := os.Getenv("AMQPHUB_IN_MEMORY"); v != "" {
 		b, err := strconv.ParseBool(v)
 		if err != nil {
@@ -188,7 +211,9 @@ func printBanner(w io.Writer, s *server.Server) error {
 	listen("AMQP over TLS", s.AMQPSAddr)
 	listen("HTTPS (AMQP/WebSocket, REST)", s.HTTPSAddr)
 	listen("plain AMQP (development)", s.AMQPAddr)
-	if o.InMemory {
+	if o.Cluster.Enabled() {
+		fmt.Fprintf(w, "  %-28s node %s on NATS JetStream (%d replicas, prefix %s)\n", "data", o.Cluster.NodeID, o.Cluster.Replicas, o.Cluster.Prefix)
+	} else if o.InMemory {
 		fmt.Fprintf(w, "  %-28s %s\n", "data", "in memory (lost at exit)")
 	} else {
 		fmt.Fprintf(w, "  %-28s %s\n", "data", o.DataDir)

@@ -272,7 +272,9 @@ func StatusFor(err error) (int, ErrorCode) {
 		return http.StatusRequestEntityTooLarge, CodeMessageTooLarge
 	case errors.Is(err, errBadJSON):
 		return http.StatusBadRequest, CodeFormatError
-	case errors.Is(err, registry.ErrClosed):
+	case errors.Is(err, registry.ErrClosed), errors.Is(err, registry.ErrUnavailable):
+		// ErrUnavailable: a cluster node cannot reach NATS; retrying
+		// (on this node later, or on another) may succeed.
 		return http.StatusServiceUnavailable, CodeServiceUnavailable
 	case errors.Is(err, pebbleutil.ErrNoSpace):
 		// The store refuses writes until disk space returns: the

@@ -67,6 +67,22 @@ type Options struct {
 	Partitions int `yaml:"partitions"`
 	// Retention is how long telemetry is kept (1-7 days). Default 1 day.
 	Retention time.Duration `yaml:"retention"`
+	// HostAliases are further host names SAS tokens may name, for nodes
+	// that clients reach under several names (one per node, besides the
+	// balancer's). HostName, localhost, 127.0.0.1 and HubName always are.
+	HostAliases []string `yaml:"hostAliases"`
+	// Cluster runs the hub as one node of several on NATS JetStream.
+	Cluster ClusterOptions `yaml:"cluster"`
+
+	// RevalidateInterval is how often live connections' credentials are
+	// checked again against the registry (default 5 s; negative: never;
+	// registry changes made through REST are checked at once anyway).
+	RevalidateInterval time.Duration `yaml:"revalidateInterval"`
+	// AuthTimeout closes connections that hold no valid token for that
+	// long (default 60 s; negative: never).
+	AuthTimeout time.Duration `yaml:"authTimeout"`
+	// Limits are the AMQP engine's limits against misbehaving clients.
+	Limits LimitOptions `yaml:"limits"`
 
 	// Feature settings.
 	Telemetry telemetry.Config `yaml:"telemetry"`
@@ -79,6 +95,20 @@ type Options struct {
 	Logger *slog.Logger `yaml:"-"`
 	// Endpoints adds or replaces endpoints (tests).
 	Endpoints map[hub.Kind]hub.Endpoint `yaml:"-"`
+}
+
+// LimitOptions are the AMQP engine's protocol limits; zero values keep the
+// engine's defaults (amqp.Config documents them).
+type LimitOptions struct {
+	MaxFrameSize       uint32        `yaml:"maxFrameSize"`
+	ChannelMax         uint16        `yaml:"channelMax"`
+	HandleMax          uint32        `yaml:"handleMax"`
+	MaxLinks           int           `yaml:"maxLinks"`
+	IdleTimeout        time.Duration `yaml:"idleTimeout"`
+	HandshakeTimeout   time.Duration `yaml:"handshakeTimeout"`
+	MaxHandshakes      int           `yaml:"maxHandshakes"`
+	MaxHandshakesPerIP int           `yaml:"maxHandshakesPerIP"`
+	MaxWriteBuffer     int           `yaml:"maxWriteBuffer"`
 }
 
 // PolicyConfig is a shared access policy in the config file.
@@ -150,6 +180,7 @@ type Server struct {
 	AMQPAddr, AMQPSAddr, HTTPSAddr string
 
 	https   *http.Server
+	cluster *hub.Cluster // nil in the embedded mode
 	tmpDir  string
 	closers []func() error
 	wg      sync.WaitGroup
@@ -181,9 +212,21 @@ func (s *Server) start() error {
 		return fmt.Errorf("data directory: %w", err)
 	}
 
-	reg, err := registry.OpenPebble(filepath.Join(dir, "registry"), registry.PebbleOptions{InMemory: o.InMemory, Logger: log})
-	if err != nil {
-		return err
+	var reg registry.Store
+	var err error
+	if o.Cluster.Enabled() {
+		if s.cluster, err = s.connectCluster(); err != nil {
+			return err
+		}
+		reg, err = s.openClusterRegistry()
+		if err != nil {
+			return err
+		}
+	} else {
+		reg, err = registry.OpenPebble(filepath.Join(dir, "registry"), registry.PebbleOptions{InMemory: o.InMemory, Logger: log})
+		if err != nil {
+			return err
+		}
 	}
 	s.Registry = reg
 	s.closers = append(s.closers, reg.Close)
@@ -194,7 +237,7 @@ func (s *Server) start() error {
 	}
 	s.Authority, err = auth.New(auth.Config{
 		HostName: o.HostName,
-		Aliases:  []string{"localhost", "127.0.0.1", o.HubName},
+		Aliases:  append([]string{"localhost", "127.0.0.1", o.HubName}, o.HostAliases...),
 		Policies: policies,
 		Registry: reg,
 	})
@@ -216,16 +259,30 @@ func (s *Server) start() error {
 		Endpoints:    endpoints,
 		TokenGrace:   o.TokenGrace,
 		Logger:       log,
+
+		RevalidateInterval: o.RevalidateInterval,
+		AuthTimeout:        o.AuthTimeout,
 	})
 	if err != nil {
 		return err
 	}
+	s.watchRegistry()
 	s.Engine, err = amqp.NewServer(amqp.Config{
 		ContainerID: o.HubName,
 		Handler:     s.Hub,
 		SASL:        s.Hub,
 		AllowNoSASL: true, // the Node and C# SDKs send no SASL
 		Logger:      log,
+
+		MaxFrameSize:       o.Limits.MaxFrameSize,
+		ChannelMax:         o.Limits.ChannelMax,
+		HandleMax:          o.Limits.HandleMax,
+		MaxLinks:           o.Limits.MaxLinks,
+		IdleTimeout:        o.Limits.IdleTimeout,
+		HandshakeTimeout:   o.Limits.HandshakeTimeout,
+		MaxHandshakes:      o.Limits.MaxHandshakes,
+		MaxHandshakesPerIP: o.Limits.MaxHandshakesPerIP,
+		MaxWriteBuffer:     o.Limits.MaxWriteBuffer,
 	})
 	if err != nil {
 		return err
@@ -316,13 +373,23 @@ func (s *Server) start() error {
 // setupFeatures opens the telemetry log and sets up every feature.
 func (s *Server) setupFeatures(dir string) error {
 	o := &s.Options
-	lg, err := seglog.Open(filepath.Join(dir, "telemetry"), seglog.Options{
-		Partitions: o.Partitions,
-		Retention:  o.Retention,
-		Logger:     o.Logger,
-	})
-	if err != nil {
-		return fmt.Errorf("telemetry log: %w", err)
+	var lg partlog.Log
+	if s.cluster != nil {
+		jl, err := s.openClusterLog()
+		if err != nil {
+			return err
+		}
+		lg = jl
+	} else {
+		sl, err := seglog.Open(filepath.Join(dir, "telemetry"), seglog.Options{
+			Partitions: o.Partitions,
+			Retention:  o.Retention,
+			Logger:     o.Logger,
+		})
+		if err != nil {
+			return fmt.Errorf("telemetry log: %w", err)
+		}
+		lg = sl
 	}
 	s.Log = lg
 	s.closers = append(s.closers, lg.Close)
@@ -340,6 +407,7 @@ func (s *Server) setupFeatures(dir string) error {
 		REST:         s.REST,
 		Log:          lg,
 		Logger:       o.Logger,
+		Cluster:      s.cluster,
 	}
 	setups := []struct {
 		name  string

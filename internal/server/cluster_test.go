@@ -1,0 +1,94 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"amqphub/client"
+	"amqphub/internal/auth"
+	"amqphub/internal/natstest"
+)
+
+// startClusterPair starts two in-process hub nodes on one embedded NATS
+// JetStream server (R1): node A and node B share every store.
+func startClusterPair(t *testing.T) (a, b *Server) {
+	t.Helper()
+	nc := natstest.StartCluster(t, 3)
+	mod := func(id string) func(*Options) {
+		return func(o *Options) {
+			url := nc.Nodes[0].ClientURL()
+			if id == "B" {
+				url = nc.Nodes[1].ClientURL()
+			}
+			o.Cluster = ClusterOptions{URLs: url, NodeID: id, Replicas: 3}
+			o.Devices = []DeviceConfig{{ID: "dev1", PrimaryKey: devKey, SecondaryKey: devKey}}
+		}
+	}
+	return StartTest(t, mod("A")), StartTest(t, mod("B"))
+}
+
+const devKey = "Y2x1c3Rlci10ZXN0LWRldmljZS1rZXktMDEyMzQ1Njc4OQ=="
+
+// TestClusterC2DFeedback: a C2D message sent on node B is received and
+// completed by the device on node A, and its feedback reaches the service
+// on node B.
+func TestClusterC2DFeedback(t *testing.T) {
+	a, b := startClusterPair(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	dev, err := client.NewDeviceClient(fmt.Sprintf("HostName=localhost;DeviceId=dev1;SharedAccessKey=%s", devKey),
+		&client.DeviceOptions{Address: "amqp://" + a.AMQPAddr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dev.Close()
+	svc, err := client.NewServiceClient(fmt.Sprintf("HostName=localhost;SharedAccessKeyName=%s;SharedAccessKey=%s", auth.PolicyIoTHubOwner, auth.DevIoTHubOwnerPrimaryKey),
+		&client.ServiceOptions{Address: "amqp://" + b.AMQPAddr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer svc.Close()
+	// The feedback receiver waits before any feedback exists, as the
+	// SDKs' do: node B must be woken by a record node A wrote.
+	type fbResult struct {
+		b   *client.FeedbackBatch
+		err error
+	}
+	fbc := make(chan fbResult, 1)
+	// Attach the feedback link first: a receive that finds nothing.
+	pctx, pcancel := context.WithTimeout(ctx, 5*time.Second)
+	if _, err := svc.ReceiveFeedback(pctx); err == nil {
+		t.Fatal("feedback before any message was sent")
+	}
+	pcancel()
+	go func() {
+		b, err := svc.ReceiveFeedback(ctx)
+		fbc <- fbResult{b, err}
+	}()
+	if err := svc.SendC2D(ctx, "dev1", &client.Message{MessageID: "m1", Body: []byte("hello")}, &client.C2DOptions{Ack: client.AckFull}); err != nil {
+		t.Fatal(err)
+	}
+	m, err := dev.ReceiveC2D(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.MessageID != "m1" || string(m.Body) != "hello" {
+		t.Fatalf("received %q %q", m.MessageID, m.Body)
+	}
+	if err := m.Complete(ctx); err != nil {
+		t.Fatal(err)
+	}
+	r := <-fbc
+	fb, err := r.b, r.err
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(fb.Records) != 1 || fb.Records[0].OriginalMessageID != "m1" || fb.Records[0].StatusCode != "Success" {
+		t.Fatalf("feedback %+v", fb.Records)
+	}
+	if err := fb.Complete(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
