@@ -53,6 +53,8 @@ start_node() { # start_node NAME PLAIN AMQPS HTTPS [serve flags...]
 	PIDS+=($!)
 	wait_ready "$WORK/$name.log"
 	eval "PID_$name=$!"
+	eval "REST_$name=https://$https"
+	eval "CA_$name=$(sed -n 's/^ *CA certificate *//p' "$WORK/$name.log" | head -1)"
 }
 
 echo "# $(date -u +%Y-%m-%dT%H:%MZ) amqphub $(git rev-parse --short HEAD), $(nproc) cores, $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)"
@@ -62,14 +64,16 @@ CLUSTER_FLAGS=(--cluster "$NATS_URLS" --replicas "$REPLICAS" --in-memory)
 start_node A 127.0.0.1:45672 127.0.0.1:45671 127.0.0.1:45443 "${CLUSTER_FLAGS[@]}" --node-id A
 start_node B 127.0.0.1:46672 127.0.0.1:46671 127.0.0.1:46443 "${CLUSTER_FLAGS[@]}" --node-id B
 HUB_CS=$(grep -m1 'SharedAccessKeyName=iothubowner' "$WORK/A.log" | tr -d ' ')
+REST=$REST_A CA=$CA_A
 
 bench() { # bench LABEL URL PID ARGS...
 	local label=$1 url=$2 pid=$3
 	shift 3
 	echo
 	echo "## $label"
-	echo "\$ amqphub bench $* --amqp-url $url --hub <iothubowner connection string> --hub-pid <pid>"
-	"$WORK/amqphub" bench "$@" --amqp-url "$url" --hub "$HUB_CS" --hub-pid "$pid" 2>/dev/null || echo "(failed: exit $?)"
+	echo "\$ amqphub bench $* --amqp-url $url --hub <iothubowner connection string> --rest-url $REST --ca <CA file> --hub-pid <pid>"
+	"$WORK/amqphub" bench "$@" --amqp-url "$url" --hub "$HUB_CS" --rest-url "$REST" --ca "$CA" --hub-pid "$pid" 2>"$WORK/bench.err" ||
+		{ echo "(failed: exit $?)"; tail -3 "$WORK/bench.err"; }
 }
 
 run_all() { # run_all MODE PLAIN_A PID_A [PLAIN_B PID_B]
@@ -82,9 +86,9 @@ run_all() { # run_all MODE PLAIN_A PID_A [PLAIN_B PID_B]
 			if [ -n "$b" ]; then
 				echo
 				echo "## $mode d2c, both nodes at once (two generators, add the rates)"
-				"$WORK/amqphub" bench d2c --client raw --duration "$DURATION" --amqp-url "amqp://$a" --hub "$HUB_CS" 2>/dev/null >"$WORK/a.out" &
+				"$WORK/amqphub" bench d2c --client raw --duration "$DURATION" --amqp-url "amqp://$a" --hub "$HUB_CS" --rest-url "$REST" --ca "$CA" 2>&1 >"$WORK/a.out" &
 				ga=$!
-				"$WORK/amqphub" bench d2c --client raw --duration "$DURATION" --amqp-url "amqp://$b" --hub "$HUB_CS" 2>/dev/null >"$WORK/b.out" || true
+				"$WORK/amqphub" bench d2c --client raw --duration "$DURATION" --amqp-url "amqp://$b" --hub "$HUB_CS" --rest-url "$REST" --ca "$CA" >"$WORK/b.out" 2>&1 || true
 				wait $ga || true
 				echo "### node A"; cat "$WORK/a.out"; echo "### node B"; cat "$WORK/b.out"
 			fi
@@ -101,4 +105,5 @@ run_all cluster 127.0.0.1:45672 "$PID_A" 127.0.0.1:46672 "$PID_B"
 kill "$PID_A" "$PID_B"
 start_node E 127.0.0.1:47672 127.0.0.1:47671 127.0.0.1:47443 --data-dir "$WORK/embedded"
 HUB_CS=$(grep -m1 'SharedAccessKeyName=iothubowner' "$WORK/E.log" | tr -d ' ')
+REST=$REST_E CA=$CA_E
 run_all embedded 127.0.0.1:47672 "$PID_E"

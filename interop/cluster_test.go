@@ -350,13 +350,22 @@ func clusterFaults(t *testing.T, f *clusterFixture) {
 		defer mu.Unlock()
 		return len(d2cAcked), len(c2dAcked)
 	}
-	waitMore := func(what string, d2c, c2d int) {
+	// waitMore waits until d2c and c2d acknowledgements were reached and
+	// returns how long each took.
+	waitMore := func(what string, d2c, c2d int) (dD2C, dC2D time.Duration) {
 		t.Helper()
-		deadline := time.Now().Add(60 * time.Second)
+		start := time.Now()
+		deadline := start.Add(60 * time.Second)
 		for {
 			a, b := counts()
-			if a >= d2c && b >= c2d {
-				return
+			if a >= d2c && dD2C == 0 {
+				dD2C = time.Since(start)
+			}
+			if b >= c2d && dC2D == 0 {
+				dC2D = time.Since(start)
+			}
+			if dD2C != 0 && dC2D != 0 {
+				return dD2C, dC2D
 			}
 			if time.Now().After(deadline) {
 				t.Fatalf("%s: only %d D2C and %d C2D acknowledged (want %d, %d); failures %d, %d", what, a, b, d2c, c2d, d2cFailed.Load(), c2dFailed.Load())
@@ -367,15 +376,11 @@ func clusterFaults(t *testing.T, f *clusterFixture) {
 	waitMore("warm-up", 2000, 20)
 	a0, c0 := counts()
 	killedNATS := 1
-	t0 := time.Now()
 	f.nats.Kill(killedNATS)
-	waitMore("after a NATS node was killed", a0+2000, c0+20)
-	natsRecovery := time.Since(t0)
+	natsD2C, natsC2D := waitMore("after a NATS node was killed", a0+2000, c0+20)
 	a1, c1 := counts()
-	t1 := time.Now()
 	f.kill(t, 0)
-	waitMore("after hub node A was killed", a1+2000, c1+20)
-	hubRecovery := time.Since(t1)
+	hubD2C, hubC2D := waitMore("after hub node A was killed", a1+2000, c1+20)
 	f.nats.Start(killedNATS)
 	a2, c2 := counts()
 	waitMore("after the NATS node came back", a2+1000, c2+10)
@@ -409,11 +414,21 @@ func clusterFaults(t *testing.T, f *clusterFixture) {
 
 	// Every acknowledged D2C message is in the replicated partitions.
 	nc := natstest.Connect(t, f.nats.URLs())
-	lctx, lcancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer lcancel()
-	lg, err := jslog.Open(lctx, nc, jslog.Options{StreamPrefix: "AMQPHUB_telemetry_", SubjectPrefix: "amqphub.telemetry", Replicas: 3, Retention: 24 * time.Hour})
-	if err != nil {
-		t.Fatal(err)
+	// The restarted NATS node may still be catching up and its streams
+	// electing leaders: poll until the partitions answer.
+	var lg *jslog.Log
+	openDeadline := time.Now().Add(90 * time.Second)
+	for {
+		lctx, lcancel := context.WithTimeout(context.Background(), 10*time.Second)
+		lg, err = jslog.Open(lctx, nc, jslog.Options{StreamPrefix: "AMQPHUB_telemetry_", SubjectPrefix: "amqphub.telemetry", Replicas: 3, Retention: 24 * time.Hour})
+		lcancel()
+		if err == nil {
+			break
+		}
+		if time.Now().After(openDeadline) {
+			t.Fatalf("open the telemetry streams after the faults: %v", err)
+		}
+		t.Logf("telemetry streams not ready yet: %v", err)
 	}
 	defer lg.Close()
 	ids := readIDs(t, lg)
@@ -444,6 +459,6 @@ func clusterFaults(t *testing.T, f *clusterFixture) {
 	}
 	mu.Unlock()
 	t.Logf("faults: %d D2C acknowledged (%d calls failed), %d stored, none lost, %d stored twice; %d C2D acknowledged (%d failed), all delivered, %d delivered twice; "+
-		"load resumed %v after killing NATS node %d and %v after killing hub node A",
-		len(acked), d2cFailed.Load(), len(ids), stored2, len(wantC2D), c2dFailed.Load(), dups, natsRecovery.Round(time.Millisecond), killedNATS, hubRecovery.Round(time.Millisecond))
+		"after killing NATS node %d, 2000 more D2C took %v and 20 more C2D %v; after killing hub node A, %v and %v",
+		len(acked), d2cFailed.Load(), len(ids), stored2, len(wantC2D), c2dFailed.Load(), dups, killedNATS, natsD2C.Round(time.Millisecond), natsC2D.Round(time.Millisecond), hubD2C.Round(time.Millisecond), hubC2D.Round(time.Millisecond))
 }

@@ -75,6 +75,11 @@ func (s *Server) connectCluster() (*hub.Cluster, error) {
 		nats.Timeout(5 * time.Second),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			log.Warn("cluster: disconnected from NATS", "err", err)
+			// Acks of telemetry published on the lost connection never
+			// come: fail those appends now so devices retry at once.
+			if lg := s.clusterLog.Load(); lg != nil {
+				lg.FailInFlight(fmt.Errorf("disconnected from NATS: %v", err))
+			}
 		}),
 		nats.ReconnectHandler(func(nc *nats.Conn) {
 			log.Info("cluster: reconnected to NATS", "server", nc.ConnectedUrlRedacted())
@@ -192,5 +197,6 @@ func (s *Server) openClusterLog() (*jslog.Log, error) {
 	if err != nil {
 		return nil, fmt.Errorf("cluster telemetry log: %w", err)
 	}
+	s.clusterLog.Store(lg)
 	return lg, nil
 }

@@ -15,6 +15,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"amqphub/amqp"
@@ -29,6 +30,7 @@ import (
 	"amqphub/internal/tlsutil"
 	"amqphub/internal/twin"
 	"amqphub/store/partlog"
+	jslog "amqphub/store/partlog/jetstream"
 	"amqphub/store/partlog/seglog"
 )
 
@@ -181,10 +183,13 @@ type Server struct {
 
 	https   *http.Server
 	cluster *hub.Cluster // nil in the embedded mode
-	tmpDir  string
-	closers []func() error
-	wg      sync.WaitGroup
-	stop    sync.Once
+	// clusterLog is the JetStream telemetry log, for the NATS disconnect
+	// handler (which is installed before the log exists).
+	clusterLog atomic.Pointer[jslog.Log]
+	tmpDir     string
+	closers    []func() error
+	wg         sync.WaitGroup
+	stop       sync.Once
 }
 
 // Start builds and starts a hub.

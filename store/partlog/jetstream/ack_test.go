@@ -1,10 +1,15 @@
 package jetstream
 
 import (
+	"errors"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/nats-io/nats.go"
+
+	"amqphub/internal/natstest"
+	"amqphub/store/partlog"
 )
 
 func TestParseAck(t *testing.T) {
@@ -42,5 +47,40 @@ func TestParseAck(t *testing.T) {
 				t.Fatalf("parseAck(%s) = %+v, %v; want seq %d", tc.data, ack, err, tc.wantSeq)
 			}
 		})
+	}
+}
+
+// TestFailInFlight: appends whose server went away fail at once with
+// ErrDisconnected when FailInFlight is called, not after AckTimeout.
+func TestFailInFlight(t *testing.T) {
+	s := natstest.RunServer(t)
+	nc := natstest.Connect(t, s.ClientURL())
+	l := openTest(t, nc, Options{Partitions: 2, AckTimeout: time.Hour})
+	mustAppend(t, l, 0, []byte("stored"))
+	s.Shutdown()
+	s.WaitForShutdown()
+	waitFor(t, "the client to notice", func() bool { return !nc.IsConnected() })
+	const n = 10
+	res := make(chan error, n)
+	for i := range n {
+		if err := l.AppendAsync(i%2, []byte("lost"), func(_ partlog.Entry, err error) { res <- err }); err != nil {
+			t.Fatalf("AppendAsync = %v", err)
+		}
+	}
+	select {
+	case err := <-res:
+		t.Fatalf("an append completed before FailInFlight: %v", err)
+	default:
+	}
+	l.FailInFlight(errors.New("test disconnect"))
+	for range n {
+		select {
+		case err := <-res:
+			if !errors.Is(err, ErrDisconnected) {
+				t.Fatalf("done = %v, want ErrDisconnected", err)
+			}
+		case <-testCtx(t).Done():
+			t.Fatal("an append never completed")
+		}
 	}
 }

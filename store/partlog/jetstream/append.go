@@ -19,6 +19,10 @@ import (
 // Options.AckTimeout. The record may still have been stored.
 var ErrAckTimeout = errors.New("jetstream: append not acknowledged in time")
 
+// ErrDisconnected means the NATS connection an append was sent on dropped
+// before its acknowledgement came (FailInFlight).
+var ErrDisconnected = errors.New("jetstream: NATS connection lost before the append was acknowledged")
+
 // pending is an append sent to the stream and not yet acknowledged.
 type pending struct {
 	id     uint64
@@ -420,6 +424,19 @@ func (p *partition) waitCalls() {
 	}
 }
 
+// FailInFlight fails every append still waiting for its acknowledgement
+// with an error wrapping ErrDisconnected and cause. Call it when the NATS
+// connection drops: a reply to a publish sent on the old connection never
+// comes, so without this the appends wait out AckTimeout and their
+// senders learn of the loss seconds late. A failed append may still have
+// been stored (at least once), as with any unacknowledged publish.
+func (l *Log) FailInFlight(cause error) {
+	err := fmt.Errorf("%w: %v", ErrDisconnected, cause)
+	for _, p := range l.parts {
+		p.failAll(err)
+	}
+}
+
 // failAll completes every append still in flight with err.
 func (p *partition) failAll(err error) {
 	var failed []pending
@@ -432,7 +449,7 @@ func (p *partition) failAll(err error) {
 	p.oldest = p.nextID
 	p.mu.Unlock()
 	for _, pd := range failed {
-		p.complete(pd, partlog.Entry{}, fmt.Errorf("jetstream: partition %d: append not acknowledged before Close: %w", p.id, err))
+		p.complete(pd, partlog.Entry{}, fmt.Errorf("jetstream: partition %d: append not acknowledged: %w", p.id, err))
 	}
 }
 
