@@ -136,3 +136,25 @@ func TestLoadOptionsPrecedence(t *testing.T) {
 }
 
 func writeFile(path, content string) error { return os.WriteFile(path, []byte(content), 0o600) }
+
+// TestClusterConfigExample keeps deploy/cluster/amqphub.yaml loadable, and
+// checks the cluster flags override it.
+func TestClusterConfigExample(t *testing.T) {
+	o, _, err := loadOptions([]string{"--config", "../../deploy/cluster/amqphub.yaml", "--node-id", "n7", "--replicas", "1"}, &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := o.Cluster
+	if !c.Enabled() || c.URLs != "nats://nats1:4222,nats://nats2:4222,nats://nats3:4222" || c.NodeID != "n7" || c.Replicas != 1 || c.Prefix != "AMQPHUB" {
+		t.Fatalf("cluster options %+v", c)
+	}
+	if o.HostName != "iothub.example.com" || len(o.HostAliases) != 2 || o.Retention.Hours() != 24 || len(o.Policies) != 1 {
+		t.Fatalf("options %+v", o)
+	}
+	t.Setenv("AMQPHUB_CLUSTER", "nats://env:4222")
+	t.Setenv("AMQPHUB_HOST_ALIASES", "a.example, b.example")
+	o, _, err = loadOptions(nil, &bytes.Buffer{})
+	if err != nil || o.Cluster.URLs != "nats://env:4222" || len(o.HostAliases) != 2 || o.HostAliases[1] != "b.example" {
+		t.Fatalf("from the environment: %v %+v", err, o)
+	}
+}

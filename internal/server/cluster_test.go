@@ -3,6 +3,8 @@ package server
 import (
 	"context"
 	"fmt"
+	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -90,5 +92,30 @@ func TestClusterC2DFeedback(t *testing.T) {
 	}
 	if err := fb.Complete(ctx); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestClusterUnreachable: a node whose NATS cluster cannot be reached
+// fails to start within its connect timeout, naming the cause.
+func TestClusterUnreachable(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close() // nothing listens there now
+	start := time.Now()
+	_, err = Start(Options{
+		InMemory: true, AMQPAddr: "127.0.0.1:0", AMQPSAddr: "off", HTTPSAddr: "off",
+		Cluster: ClusterOptions{URLs: "nats://user:secret@" + addr, ConnectTimeout: time.Second},
+	})
+	if err == nil {
+		t.Fatal("a node started without its NATS cluster")
+	}
+	if d := time.Since(start); d > 10*time.Second {
+		t.Fatalf("start failed after %v, want about the 1 s connect timeout", d)
+	}
+	if msg := err.Error(); !strings.Contains(msg, "JetStream") || strings.Contains(msg, "secret") {
+		t.Fatalf("error %q: want the cause, without the password", msg)
 	}
 }
