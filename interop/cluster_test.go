@@ -1,7 +1,6 @@
 package interop
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -18,6 +17,7 @@ import (
 	"amqphub/client"
 	"amqphub/internal/auth"
 	"amqphub/internal/natstest"
+	"amqphub/internal/testutil"
 	"amqphub/internal/tlsutil"
 	jslog "amqphub/store/partlog/jetstream"
 )
@@ -29,25 +29,7 @@ type hubNode struct {
 	devKeys   map[string]string
 	cmd       *exec.Cmd
 	waited    chan struct{}
-	stderr    *lockedBuffer
-}
-
-// lockedBuffer is a bytes.Buffer safe for the exec copier and readers.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
+	stderr    *testutil.LockedBuffer
 }
 
 // clusterFixture is a 3-node NATS cluster (separate nats-server
@@ -106,7 +88,7 @@ func (f *clusterFixture) start(t *testing.T, i int) {
 	t.Helper()
 	n := f.nodes[i]
 	n.cmd = exec.Command(f.bin, f.args(i)...)
-	n.stderr = &lockedBuffer{}
+	n.stderr = &testutil.LockedBuffer{}
 	n.cmd.Stderr = n.stderr
 	out, err := n.cmd.StdoutPipe()
 	if err != nil {

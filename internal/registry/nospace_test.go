@@ -1,35 +1,17 @@
 package registry_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"log/slog"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 
 	"amqphub/internal/pebbleutil"
+	"amqphub/internal/pebbleutil/pebbleutiltest"
 	"amqphub/internal/registry"
+	"amqphub/internal/testutil"
 )
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 // TestPebbleRefusesWritesWithoutSpace runs every write against a store
 // whose guard reports too little free space: each is refused with
@@ -37,18 +19,13 @@ func (l *lockedBuffer) String() string {
 // again once space returns, without reopening the store.
 func TestPebbleRefusesWritesWithoutSpace(t *testing.T) {
 	ctx := context.Background()
-	var free atomic.Uint64
-	free.Store(1 << 30)
-	logs := &lockedBuffer{}
+	disk := pebbleutiltest.NewDisk()
+	logs := &testutil.LockedBuffer{}
 	s, err := registry.OpenPebble("", registry.PebbleOptions{
 		InMemory:     true,
 		CacheEntries: -1, // every read goes to the database
 		Logger:       slog.New(slog.NewTextHandler(logs, nil)),
-		DiskGuard: pebbleutil.GuardOptions{
-			Reserve:  1 << 20,
-			Interval: -1,
-			StatFS:   func(string) (uint64, error) { return free.Load(), nil },
-		},
+		DiskGuard: disk.Options(),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -91,7 +68,7 @@ func TestPebbleRefusesWritesWithoutSpace(t *testing.T) {
 		{"delete device", func() error { return s.DeleteDevice(ctx, "d1", "*") }},
 	}
 
-	free.Store(1000)
+	disk.Full()
 	for _, w := range writes {
 		if err := w.do(); !errors.Is(err, pebbleutil.ErrNoSpace) {
 			t.Errorf("%s without space: %v, want ErrNoSpace", w.name, err)
@@ -113,7 +90,7 @@ func TestPebbleRefusesWritesWithoutSpace(t *testing.T) {
 		t.Fatalf("refusal logged %d times, want once:\n%s", n, logs)
 	}
 
-	free.Store(1 << 30)
+	disk.Freed()
 	for _, w := range writes {
 		if err := w.do(); err != nil {
 			t.Errorf("%s after space returned: %v", w.name, err)

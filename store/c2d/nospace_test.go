@@ -1,58 +1,21 @@
 package c2d_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"log/slog"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/cockroachdb/pebble/vfs"
 
 	"amqphub/internal/pebbleutil"
+	"amqphub/internal/pebbleutil/pebbleutiltest"
+	"amqphub/internal/testutil"
 	"amqphub/store/c2d"
 	"amqphub/store/c2d/c2dtest"
 )
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
-// fakeDisk is an injected statfs whose free space the test sets.
-type fakeDisk struct{ free atomic.Uint64 }
-
-func newFakeDisk() *fakeDisk {
-	d := &fakeDisk{}
-	d.free.Store(1 << 30)
-	return d
-}
-
-func (d *fakeDisk) full()  { d.free.Store(1000) }
-func (d *fakeDisk) freed() { d.free.Store(1 << 30) }
-func (d *fakeDisk) options() pebbleutil.GuardOptions {
-	return pebbleutil.GuardOptions{
-		Reserve:  1 << 20,
-		Interval: -1,
-		StatFS:   func(string) (uint64, error) { return d.free.Load(), nil },
-	}
-}
 
 // TestRefusesWritesWithoutSpace runs every writing operation while the
 // guard reports too little free space: each fails with ErrNoSpace, nothing
@@ -61,15 +24,15 @@ func (d *fakeDisk) options() pebbleutil.GuardOptions {
 func TestRefusesWritesWithoutSpace(t *testing.T) {
 	ctx := context.Background()
 	fs := vfs.NewMem()
-	disk := newFakeDisk()
-	logs := &lockedBuffer{}
+	disk := pebbleutiltest.NewDisk()
+	logs := &testutil.LockedBuffer{}
 	clock := c2dtest.NewClock(time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC))
 	open := func() *c2d.PebbleStore {
 		t.Helper()
 		s, err := c2d.OpenPebble("c2d", c2d.PebbleOptions{
 			Config:    c2d.Config{Now: clock.Now, ManualSweep: true, Logger: slog.New(slog.NewTextHandler(logs, nil))},
 			FS:        fs,
-			DiskGuard: disk.options(),
+			DiskGuard: disk.Options(),
 		})
 		if err != nil {
 			t.Fatalf("OpenPebble: %v", err)
@@ -120,7 +83,7 @@ func TestRefusesWritesWithoutSpace(t *testing.T) {
 		{"abandon feedback", func() error { return s.AbandonFeedback(ctx, fb.LockToken) }},
 		{"sweep", func() error { return s.Sweep(ctx) }},
 	}
-	disk.full()
+	disk.Full()
 	commits := s.Commits()
 	clock.Advance(2 * time.Hour) // everything is due to expire: Sweep would write
 	for _, w := range writes {
@@ -147,7 +110,7 @@ func TestRefusesWritesWithoutSpace(t *testing.T) {
 	}
 
 	// Space returns: the same store takes every kind of write again.
-	disk.freed()
+	disk.Freed()
 	if err := s.Complete(ctx, "q", m1.LockToken); err != nil {
 		t.Fatalf("Complete after space returned: %v", err)
 	}
@@ -184,11 +147,11 @@ func TestRefusesWritesWithoutSpace(t *testing.T) {
 // up.
 func TestSweeperWaitsForSpace(t *testing.T) {
 	ctx := context.Background()
-	disk := newFakeDisk()
-	logs := &lockedBuffer{}
+	disk := pebbleutiltest.NewDisk()
+	logs := &testutil.LockedBuffer{}
 	s, err := c2d.OpenPebble("db", c2d.PebbleOptions{
 		InMemory:  true,
-		DiskGuard: disk.options(),
+		DiskGuard: disk.Options(),
 		Config:    c2d.Config{Logger: slog.New(slog.NewTextHandler(logs, nil))},
 	})
 	if err != nil {
@@ -198,13 +161,13 @@ func TestSweeperWaitsForSpace(t *testing.T) {
 	if _, err := s.Enqueue(ctx, "dev", c2d.NewMessage{MessageID: "short", Ack: c2d.AckFull, ExpiresAt: time.Now().Add(50 * time.Millisecond)}); err != nil {
 		t.Fatal(err)
 	}
-	disk.full()
+	disk.Full()
 	// Only the sweeper writes now: its refused sweep is what gets logged.
 	waitFor(t, "the sweeper's refusal", func() bool { return strings.Contains(logs.String(), "refusing writes") })
 	if n, err := s.PendingFeedback(ctx); err != nil || n != 0 {
 		t.Fatalf("PendingFeedback while full = %d, %v; want 0 (the sweep cannot write)", n, err)
 	}
-	disk.freed()
+	disk.Freed()
 	waitFor(t, "the expiry after space returned", func() bool {
 		n, err := s.PendingFeedback(ctx)
 		return err == nil && n == 1

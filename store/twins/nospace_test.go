@@ -1,38 +1,21 @@
 package twins_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 
 	"github.com/cockroachdb/pebble/vfs"
 
 	"amqphub/internal/pebbleutil"
+	"amqphub/internal/pebbleutil/pebbleutiltest"
+	"amqphub/internal/testutil"
 	"amqphub/store/twins"
 )
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 // TestPebbleRefusesWritesWithoutSpace: while the guard reports too little
 // free space every write is refused with ErrNoSpace and nothing reaches the
@@ -41,18 +24,13 @@ func (l *lockedBuffer) String() string {
 func TestPebbleRefusesWritesWithoutSpace(t *testing.T) {
 	ctx := context.Background()
 	fs := vfs.NewMem()
-	var free atomic.Uint64
-	free.Store(1 << 30)
-	logs := &lockedBuffer{}
+	disk := pebbleutiltest.NewDisk()
+	logs := &testutil.LockedBuffer{}
 	open := func() *twins.PebbleStore {
 		s, err := twins.OpenPebble("twins", twins.PebbleOptions{
 			FS:     fs,
 			Logger: slog.New(slog.NewTextHandler(logs, nil)),
-			DiskGuard: pebbleutil.GuardOptions{
-				Reserve:  1 << 20,
-				Interval: -1,
-				StatFS:   func(string) (uint64, error) { return free.Load(), nil },
-			},
+			DiskGuard: disk.Options(),
 		})
 		if err != nil {
 			t.Fatal(err)
@@ -95,7 +73,7 @@ func TestPebbleRefusesWritesWithoutSpace(t *testing.T) {
 		{"delete", func() error { return s.Delete(ctx, mod) }},
 		{"delete device", func() error { return s.DeleteDevice(ctx, "d1") }},
 	}
-	free.Store(1000)
+	disk.Full()
 	for _, w := range writes {
 		if err := w.do(); !errors.Is(err, pebbleutil.ErrNoSpace) {
 			t.Errorf("%s without space: %v, want ErrNoSpace", w.name, err)
@@ -127,7 +105,7 @@ func TestPebbleRefusesWritesWithoutSpace(t *testing.T) {
 	check(s, "after reopening")
 	s.SubscribeDesired(func(twins.DesiredChange) { changes.Add(1) })
 
-	free.Store(1 << 30)
+	disk.Freed()
 	for _, w := range writes {
 		if err := w.do(); err != nil {
 			t.Errorf("%s after space returned: %v", w.name, err)
