@@ -25,7 +25,7 @@ func TestPebbleRefusesWritesWithoutSpace(t *testing.T) {
 		InMemory:     true,
 		CacheEntries: -1, // every read goes to the database
 		Logger:       slog.New(slog.NewTextHandler(logs, nil)),
-		DiskGuard: disk.Options(),
+		DiskGuard:    disk.Options(),
 	})
 	if err != nil {
 		t.Fatal(err)

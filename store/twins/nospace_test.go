@@ -28,8 +28,8 @@ func TestPebbleRefusesWritesWithoutSpace(t *testing.T) {
 	logs := &testutil.LockedBuffer{}
 	open := func() *twins.PebbleStore {
 		s, err := twins.OpenPebble("twins", twins.PebbleOptions{
-			FS:     fs,
-			Logger: slog.New(slog.NewTextHandler(logs, nil)),
+			FS:        fs,
+			Logger:    slog.New(slog.NewTextHandler(logs, nil)),
 			DiskGuard: disk.Options(),
 		})
 		if err != nil {
