@@ -187,12 +187,13 @@ func (s *Server) openClusterLog() (*jslog.Log, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), o.Cluster.ConnectTimeout)
 	defer cancel()
 	lg, err := jslog.Open(ctx, c.Conn, jslog.Options{
-		Partitions:    o.Partitions,
-		StreamPrefix:  c.Bucket("telemetry_"),
-		SubjectPrefix: c.Subject("telemetry"),
-		Replicas:      c.Replicas,
-		Retention:     o.Retention,
-		Logger:        o.Logger,
+		Partitions:     o.Partitions,
+		StreamPrefix:   c.Bucket("telemetry_"),
+		SubjectPrefix:  c.Subject("telemetry"),
+		Replicas:       c.Replicas,
+		Retention:      o.Retention,
+		RetentionBytes: o.RetentionBytes,
+		Logger:         o.Logger,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("cluster telemetry log: %w", err)

@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	"amqphub/client"
 	"amqphub/internal/auth"
 	"amqphub/internal/natstest"
@@ -117,5 +119,39 @@ func TestClusterUnreachable(t *testing.T) {
 	}
 	if msg := err.Error(); !strings.Contains(msg, "JetStream") || strings.Contains(msg, "secret") {
 		t.Fatalf("error %q: want the cause, without the password", msg)
+	}
+}
+
+// TestClusterStreams: a node creates its telemetry streams with the
+// configured retention and its buckets under the cluster prefix.
+func TestClusterStreams(t *testing.T) {
+	ns := natstest.RunServer(t)
+	StartTest(t, func(o *Options) {
+		o.Cluster = ClusterOptions{URLs: ns.ClientURL(), Prefix: "HUBX"}
+		o.Partitions = 2
+		o.Retention = 48 * time.Hour
+		o.RetentionBytes = 1 << 20
+	})
+	nc := natstest.Connect(t, ns.ClientURL())
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for p := range 2 {
+		st, err := js.Stream(ctx, fmt.Sprintf("HUBX_telemetry_%d", p))
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := st.CachedInfo().Config
+		if c.MaxAge != 48*time.Hour || c.MaxBytes != 1<<20 || c.Replicas != 1 {
+			t.Fatalf("partition %d stream: max age %v, max bytes %d, replicas %d", p, c.MaxAge, c.MaxBytes, c.Replicas)
+		}
+	}
+	for _, b := range []string{"registry", "twins", "c2d", "eventhub", "ehowners"} {
+		if _, err := js.KeyValue(ctx, "HUBX_"+b); err != nil {
+			t.Errorf("bucket HUBX_%s: %v", b, err)
+		}
 	}
 }

@@ -69,6 +69,9 @@ type Options struct {
 	Partitions int `yaml:"partitions"`
 	// Retention is how long telemetry is kept (1-7 days). Default 1 day.
 	Retention time.Duration `yaml:"retention"`
+	// RetentionBytes, if positive, also caps each partition's size: the
+	// oldest records go first beyond it.
+	RetentionBytes int64 `yaml:"retentionBytes"`
 	// HostAliases are further host names SAS tokens may name, for nodes
 	// that clients reach under several names (one per node, besides the
 	// balancer's). HostName, localhost, 127.0.0.1 and HubName always are.
@@ -387,9 +390,10 @@ func (s *Server) setupFeatures(dir string) error {
 		lg = jl
 	} else {
 		sl, err := seglog.Open(filepath.Join(dir, "telemetry"), seglog.Options{
-			Partitions: o.Partitions,
-			Retention:  o.Retention,
-			Logger:     o.Logger,
+			Partitions:     o.Partitions,
+			Retention:      o.Retention,
+			RetentionBytes: o.RetentionBytes,
+			Logger:         o.Logger,
 		})
 		if err != nil {
 			return fmt.Errorf("telemetry log: %w", err)
