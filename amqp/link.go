@@ -631,6 +631,7 @@ func (l *Link) replenishLocked() {
 type outDelivery struct {
 	link      *Link
 	onSettled func(frames.DeliveryState, error)
+	onDecided func(frames.DeliveryState, func(frames.DeliveryState))
 }
 
 func (od *outDelivery) onDispositionLocked(s *Session, id uint32, d *frames.Disposition, after *deferred) {
@@ -640,6 +641,18 @@ func (od *outDelivery) onDispositionLocked(s *Session, id uint32, d *frames.Disp
 		terminal = true
 	}
 	if !d.Settled && !terminal {
+		return
+	}
+	if !d.Settled && od.link.rcvSettle == frames.ReceiverSettleSecond && od.onDecided != nil {
+		// The peer decided and waits for our settlement, whose state the
+		// hub chooses once it has applied the outcome.
+		delete(s.unsettledOut, id)
+		od.link.nUnsettled--
+		cb, state := od.onDecided, d.State
+		var once sync.Once
+		after.add(func() {
+			cb(state, func(final frames.DeliveryState) { once.Do(func() { s.settleDecided(id, final) }) })
+		})
 		return
 	}
 	if !d.Settled && od.link.rcvSettle == frames.ReceiverSettleSecond {
@@ -672,6 +685,15 @@ type Outgoing struct {
 	// OnSettled, if set, runs when the peer settles an unsettled delivery
 	// (with its outcome), or with ErrLinkClosed if the link goes first.
 	OnSettled func(state frames.DeliveryState, err error)
+	// OnDecided, if set, replaces OnSettled when the peer receives in
+	// rcv-settle-mode second and sends its outcome unsettled: the engine
+	// then does not settle by itself (echoing the outcome) but waits for
+	// the hub to call settle, once, with the final state — the peer's
+	// outcome if the hub could apply it, or another one (a rejection
+	// naming why) if not. IoT Hub answers a C2D completion whose lock
+	// expired this way. settle may be called from any goroutine; it does
+	// nothing once the session has ended.
+	OnDecided func(state frames.DeliveryState, settle func(final frames.DeliveryState))
 }
 
 // ErrMessageTooLarge is returned when a message exceeds the peer's
@@ -730,7 +752,7 @@ func (l *Link) send(ctx context.Context, out *Outgoing, wait bool) error {
 	l.linkCredit--
 	l.deliveryCount++
 	if !settled {
-		s.unsettledOut[id] = &outDelivery{link: l, onSettled: out.OnSettled}
+		s.unsettledOut[id] = &outDelivery{link: l, onSettled: out.OnSettled, onDecided: out.OnDecided}
 		l.nUnsettled++
 	}
 	// The transfer is encoded into the output buffer by queue, so a

@@ -140,6 +140,22 @@ func (s *Session) detachAllLocked(after *deferred, remoteErr *Error) {
 	s.unsettledIn = map[uint32]*Delivery{}
 }
 
+// settleDecided sends the hub's settlement of outgoing delivery id, whose
+// outcome the peer sent unsettled (Outgoing.OnDecided). The session must
+// still be the one on its channel: once it ended, the channel may carry
+// another session, and the settlement is dropped.
+func (s *Session) settleDecided(id uint32, state frames.DeliveryState) {
+	c := s.conn
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if s.ended {
+		return
+	}
+	c.queueDisposition(s.localChannel, frames.Disposition{
+		Role: frames.RoleSender, First: id, Last: id, Settled: true, State: state,
+	})
+}
+
 // onFlow updates session windows and, with a handle, link credit.
 func (s *Session) onFlow(f *frames.Flow) error {
 	c := s.conn

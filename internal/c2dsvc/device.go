@@ -161,7 +161,10 @@ func (dl *deviceLink) send(m c2d.Message) bool {
 		Tag:       tag,
 		Payload:   payload,
 		Settled:   dl.presettled,
-		OnSettled: func(st frames.DeliveryState, err error) { dl.onSettled(token, st, err) },
+		OnSettled: func(st frames.DeliveryState, err error) { dl.onSettled(token, st, err, nil) },
+		// A device in rcv-settle-mode second (the C# SDK) waits for the
+		// hub's settlement: it learns whether its outcome took effect.
+		OnDecided: func(st frames.DeliveryState, settle func(frames.DeliveryState)) { dl.onSettled(token, st, nil, settle) },
 	})
 	if err != nil {
 		if errors.Is(err, amqp.ErrMessageTooLarge) {
@@ -188,7 +191,7 @@ func (dl *deviceLink) send(m c2d.Message) bool {
 		dl.mu.Lock()
 		delete(dl.inflight, token)
 		dl.mu.Unlock()
-		dl.apply(token, "complete", s.store.Complete)
+		dl.apply(token, "complete", s.store.Complete, nil)
 	}
 	return true
 }
@@ -206,8 +209,10 @@ func deviceMessage(m c2d.Message) ([]byte, error) {
 }
 
 // onSettled runs on the engine's goroutine when the device settles a
-// delivery or the link goes first.
-func (dl *deviceLink) onSettled(token c2d.LockToken, st frames.DeliveryState, err error) {
+// delivery or the link goes first. settle is set when the device waits for
+// the hub's settlement (rcv-settle-mode second): it gets the device's
+// outcome back once applied, or a rejection saying why not.
+func (dl *deviceLink) onSettled(token c2d.LockToken, st frames.DeliveryState, err error, settle func(frames.DeliveryState)) {
 	s := dl.svc
 	if err != nil {
 		// The link went first; the loop's orphan gives the locks back
@@ -218,39 +223,75 @@ func (dl *deviceLink) onSettled(token c2d.LockToken, st frames.DeliveryState, er
 	_, ok := dl.inflight[token]
 	delete(dl.inflight, token)
 	dl.mu.Unlock()
+	var done func(error)
+	if settle != nil {
+		done = func(err error) { settle(settlement(st, err)) }
+	}
 	if !ok {
+		// Settled twice, or after the link's locks were given back.
+		if done != nil {
+			done(c2d.ErrNotFound)
+		}
 		return
 	}
 	switch st := st.(type) {
 	case frames.Accepted:
-		dl.apply(token, "complete", s.store.Complete)
+		dl.apply(token, "complete", s.store.Complete, done)
 	case frames.Rejected:
-		dl.apply(token, "reject", s.store.Reject)
+		dl.apply(token, "reject", s.store.Reject, done)
 	case frames.Released:
-		dl.apply(token, "abandon", s.store.Abandon)
+		dl.apply(token, "abandon", s.store.Abandon, done)
 	case frames.Modified:
 		switch {
 		case st.UndeliverableHere:
-			dl.apply(token, "reject", s.store.Reject)
+			dl.apply(token, "reject", s.store.Reject, done)
 		case st.DeliveryFailed:
-			dl.apply(token, "abandon", s.store.Abandon)
+			dl.apply(token, "abandon", s.store.Abandon, done)
 		default:
-			dl.apply(token, "release", s.store.Release)
+			dl.apply(token, "release", s.store.Release, done)
 		}
 	default:
 		// Settled without an outcome: the device took no decision, so the
 		// message comes back without counting a delivery.
-		dl.apply(token, "release", s.store.Release)
+		dl.apply(token, "release", s.store.Release, done)
+	}
+}
+
+// CondMessageLockLost is IoT Hub's error condition for a settlement whose
+// lock expired (or whose message is gone); the C# SDK raises
+// DeviceMessageLockLostException for it.
+const CondMessageLockLost = "com.microsoft:message-lock-lost"
+
+// settlement is the hub's final state for a device outcome sent in
+// rcv-settle-mode second: the outcome itself when the store applied it,
+// otherwise a rejection naming why.
+func settlement(outcome frames.DeliveryState, err error) frames.DeliveryState {
+	switch {
+	case err == nil:
+		return outcome
+	case errors.Is(err, c2d.ErrLockLost), errors.Is(err, c2d.ErrNotFound):
+		return frames.Rejected{Error: &frames.Error{Condition: CondMessageLockLost,
+			Description: "the message's lock expired or the message is gone; it was or will be delivered again"}}
+	case errors.Is(err, pebbleutil.ErrNoSpace):
+		return frames.Rejected{Error: &frames.Error{Condition: amqp.ErrCondInternalError,
+			Description: "the hub could not record the outcome: insufficient disk space; the message will be delivered again"}}
+	default:
+		return frames.Rejected{Error: &frames.Error{Condition: amqp.ErrCondInternalError,
+			Description: "the hub could not record the outcome; the message will be delivered again"}}
 	}
 }
 
 // apply runs a settlement on a goroutine. A lock that expired (or a message
 // purged or dropped meanwhile) is not an error of the hub: the message was
-// or will be delivered again, so it is only logged.
-func (dl *deviceLink) apply(token c2d.LockToken, op string, f func(context.Context, string, c2d.LockToken) error) {
+// or will be delivered again, so it is only logged. done, if set, gets the
+// store's answer (before any detach).
+func (dl *deviceLink) apply(token c2d.LockToken, op string, f func(context.Context, string, c2d.LockToken) error, done func(error)) {
 	s := dl.svc
 	s.goTracked(func() {
 		err := f(s.ctx, dl.q, token)
+		if done != nil {
+			done(err)
+		}
 		switch {
 		case err == nil:
 		case errors.Is(err, c2d.ErrLockLost), errors.Is(err, c2d.ErrNotFound):

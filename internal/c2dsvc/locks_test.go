@@ -382,3 +382,29 @@ func TestWrongDirection(t *testing.T) {
 		})
 	}
 }
+
+// TestLockLostInModeSecond: a device receiving in rcv-settle-mode second
+// (the C# SDK) that completes a message after its lock expired is answered
+// with com.microsoft:message-lock-lost; completing the redelivery works,
+// and so does a completion within the lock.
+func TestLockLostInModeSecond(t *testing.T) {
+	s := startHub(t, c2dsvc.Config{LockDuration: 300 * time.Millisecond, FeedbackInterval: 20 * time.Millisecond})
+	svc := serviceConn(t, s)
+	snd := c2dSender(t, svc)
+	fb := newFeedbackReader(t, svc)
+	dev := receiver(t, deviceConn(t, s, "d1", ""), deviceBound("d1", ""), 5, true)
+	send(t, snd, c2dMessage(deviceBound("d1", ""), "late", "full", "x"))
+	first := receive(t, dev)
+	again := receive(t, dev) // the lock expired: delivered again
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	err := dev.AcceptMessage(ctx, first)
+	if condOf(err) != c2dsvc.CondMessageLockLost {
+		t.Fatalf("completing with an expired lock: %v, want %s", err, c2dsvc.CondMessageLockLost)
+	}
+	settle(t, dev, again, "accept")
+	fb.want("late:Success")
+	send(t, snd, c2dMessage(deviceBound("d1", ""), "inTime", "full", "y"))
+	settle(t, dev, receive(t, dev), "reject")
+	fb.want("inTime:Rejected")
+}
