@@ -1,10 +1,13 @@
 package jsc2d
 
 import (
+	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"amqphub/store/c2d"
@@ -89,40 +92,60 @@ func (s *Store) TakeFeedback(ctx context.Context, maxRecords int) (c2d.FeedbackB
 			}
 			byQueue[c.queue] = append(byQueue[c.queue], c.fseq)
 		}
+		// One CAS per queue, all queues at once: each joins its queue's
+		// next write (see committer), so a batch spanning many busy queues
+		// costs about one write's latency, not one per queue.
+		until := nanos(s.cfg.Now()) + int64(s.cfg.FeedbackLockDuration)
+		type result struct {
+			mine []candidate
+			recs []c2d.FeedbackRecord
+			err  error
+		}
+		results := make([]result, len(queues))
+		var wg sync.WaitGroup
+		for qi, q := range queues {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				want := byQueue[q]
+				r := &results[qi]
+				_, r.err = s.mutate(ctx, q, func(v *qval, t *tx) (bool, error) {
+					r.mine, r.recs = r.mine[:0], r.recs[:0]
+					for i := range v.Fb {
+						f := &v.Fb[i]
+						if !slices.Contains(want, f.FSeq) || !f.available(t.now) {
+							continue
+						}
+						f.Tok, f.Until, f.Node = tok, until, s.opts.NodeID
+						r.mine = append(r.mine, candidate{queue: q, fseq: f.FSeq, rev: f.Rev})
+						r.recs = append(r.recs, record(f))
+					}
+					return len(r.mine) > 0, nil
+				})
+			}()
+		}
+		wg.Wait()
 		var got []candidate
 		recs := map[candidate]c2d.FeedbackRecord{}
-		var until int64
 		var locked []string
-		for _, q := range queues {
-			want := byQueue[q]
-			var mine []candidate
-			_, err := s.mutate(ctx, q, func(v *qval, t *tx) (bool, error) {
-				mine = mine[:0]
-				until = t.now + int64(s.cfg.FeedbackLockDuration)
-				for i := range v.Fb {
-					f := &v.Fb[i]
-					if !slices.Contains(want, f.FSeq) || !f.available(t.now) {
-						continue
-					}
-					f.Tok, f.Until, f.Node = tok, until, s.opts.NodeID
-					c := candidate{queue: q, fseq: f.FSeq, rev: f.Rev}
-					mine = append(mine, c)
-					recs[c] = record(f)
-				}
-				return len(mine) > 0, nil
-			})
-			if err != nil {
-				if len(got) == 0 {
-					return c2d.FeedbackBatch{}, false, opErr("take feedback", "", err)
-				}
+		var firstErr error
+		for qi, r := range results {
+			if r.err != nil {
 				// Hand out what is locked; the rest stays available.
-				s.log.Warn("c2d: take feedback: lock records", "queue", q, "err", err)
-				break
+				firstErr = cmp.Or(firstErr, r.err)
+				s.log.Warn("c2d: take feedback: lock records", "queue", queues[qi], "err", r.err)
+				continue
 			}
-			if len(mine) > 0 {
-				locked = append(locked, q)
-				got = append(got, mine...)
+			if len(r.mine) > 0 {
+				locked = append(locked, queues[qi])
+				got = append(got, r.mine...)
+				for i, c := range r.mine {
+					recs[c] = r.recs[i]
+				}
 			}
+		}
+		if len(got) == 0 && firstErr != nil {
+			return c2d.FeedbackBatch{}, false, opErr("take feedback", "", firstErr)
 		}
 		if len(got) == 0 {
 			continue // every candidate was taken elsewhere; look again
@@ -228,34 +251,42 @@ func (s *Store) settleFeedback(ctx context.Context, token c2d.LockToken, complet
 	}
 	delete(s.batches, token)
 	s.mu.Unlock()
-	for _, q := range b.queues {
-		_, err := s.mutate(ctx, q, func(v *qval, t *tx) (bool, error) {
-			changed := false
-			kept := v.Fb[:0]
-			for _, f := range v.Fb {
-				if len(f.Tok) == 0 || tokenOf(f.Tok) != token {
+	errs := make([]error, len(b.queues))
+	var wg sync.WaitGroup
+	for qi, q := range b.queues {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, errs[qi] = s.mutate(ctx, q, func(v *qval, t *tx) (bool, error) {
+				changed := false
+				kept := v.Fb[:0]
+				for _, f := range v.Fb {
+					if len(f.Tok) == 0 || tokenOf(f.Tok) != token {
+						kept = append(kept, f)
+						continue
+					}
+					changed = true
+					if complete {
+						continue
+					}
+					f.N++
+					if f.N >= s.cfg.FeedbackMaxDeliveryCount {
+						continue
+					}
+					f.Tok, f.Until, f.Node = nil, 0, ""
 					kept = append(kept, f)
-					continue
 				}
-				changed = true
-				if complete {
-					continue
-				}
-				f.N++
-				if f.N >= s.cfg.FeedbackMaxDeliveryCount {
-					continue
-				}
-				f.Tok, f.Until, f.Node = nil, 0, ""
-				kept = append(kept, f)
-			}
-			v.Fb = kept
-			return changed, nil
-		})
-		if err != nil {
-			// The records stay locked until the batch lock expires, then
-			// they are delivered again: at least once, as IoT Hub.
-			return opErr(op, "", err)
-		}
+				v.Fb = kept
+				return changed, nil
+			})
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		// The records of the queues that failed stay locked until the
+		// batch lock expires, then they are delivered again: at least
+		// once, as IoT Hub.
+		return opErr(op, "", err)
 	}
 	return nil
 }

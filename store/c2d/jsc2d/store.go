@@ -65,9 +65,9 @@ type Store struct {
 
 	mu         sync.Mutex
 	closed     bool
-	cache      map[string]*entry // queue id → latest known value
-	fbQueues   map[string]*entry // the cached queues holding feedback records
-	qlocks     map[string]*qlock
+	cache      map[string]*entry     // queue id → latest known value
+	fbQueues   map[string]*entry     // the cached queues holding feedback records
+	queues     map[string]*committer // queues with operations waiting or being written
 	fbWatchers map[chan struct{}]struct{}
 	batches    map[c2d.LockToken]*batch
 	retiredFb  map[c2d.LockToken]struct{}
@@ -79,6 +79,7 @@ type Store struct {
 	leaseRev uint64 // revision of the sweeper lease while this node holds it; background goroutine only
 
 	inflight  sync.WaitGroup
+	commits   sync.WaitGroup // running committers
 	closeOnce sync.Once
 }
 
@@ -88,11 +89,6 @@ type entry struct {
 	v        *qval
 	watchers map[chan struct{}]struct{}
 	timer    *time.Timer // fires at the next lock expiry while watched
-}
-
-type qlock struct {
-	mu   sync.Mutex
-	refs int
 }
 
 // batch is a feedback batch this node handed out.
@@ -143,7 +139,7 @@ func Open(ctx context.Context, js jetstream.JetStream, opts Options) (*Store, er
 		bodyPfx:    opts.Bucket + ".bodies.",
 		cache:      make(map[string]*entry),
 		fbQueues:   make(map[string]*entry),
-		qlocks:     make(map[string]*qlock),
+		queues:     make(map[string]*committer),
 		fbWatchers: make(map[chan struct{}]struct{}),
 		batches:    make(map[c2d.LockToken]*batch),
 		retiredFb:  make(map[c2d.LockToken]struct{}),
@@ -270,6 +266,18 @@ func (s *Store) apply(e jetstream.KeyValueEntry) {
 	}
 	if e.Operation() != jetstream.KeyValuePut || !strings.HasPrefix(e.Key(), "q.") {
 		return // queue keys are never deleted; the lease is not cached
+	}
+	// This node's own writes come back through the watcher too; the cache
+	// already holds them (or something newer), so they are not decoded
+	// again: decoding is most of a node's CPU under load.
+	if id, err := base64.RawURLEncoding.DecodeString(e.Key()[2:]); err == nil {
+		s.mu.Lock()
+		c := s.cache[string(id)]
+		known := c != nil && c.v != nil && c.rev >= e.Revision()
+		s.mu.Unlock()
+		if known {
+			return
+		}
 	}
 	v, err := decodeQ(e.Value())
 	if err != nil {
@@ -405,28 +413,6 @@ func (s *Store) begin(ctx context.Context) error {
 	return nil
 }
 
-// lockQueue serialises this node's operations on one queue, so that CAS
-// conflicts only happen between nodes.
-func (s *Store) lockQueue(id string) func() {
-	s.mu.Lock()
-	l := s.qlocks[id]
-	if l == nil {
-		l = &qlock{}
-		s.qlocks[id] = l
-	}
-	l.refs++
-	s.mu.Unlock()
-	l.mu.Lock()
-	return func() {
-		l.mu.Unlock()
-		s.mu.Lock()
-		if l.refs--; l.refs == 0 {
-			delete(s.qlocks, id)
-		}
-		s.mu.Unlock()
-	}
-}
-
 // snapshot returns the cached value of id (nil if unknown) and its revision.
 func (s *Store) snapshot(id string) (*qval, uint64, bool) {
 	s.mu.Lock()
@@ -464,67 +450,6 @@ type tx struct {
 	now   int64
 	fresh bool // the value was just read from the bucket, not the cache
 	ch    change
-}
-
-// errRefresh asks mutate to run the function again on a fresh read: the
-// cached value did not know something (a token issued on another node).
-var errRefresh = errors.New("refresh")
-
-// mutate applies fn to the latest value of queue id and writes the result
-// with a CAS on the revision, retrying on conflicts. fn reports whether it
-// changed the value; an error with a change still writes the change (an
-// expiry met on the way) and then returns the error. It returns the tx of
-// the attempt that won, whose bodies are then deleted.
-func (s *Store) mutate(ctx context.Context, id string, fn func(v *qval, t *tx) (bool, error)) (*tx, error) {
-	unlock := s.lockQueue(id)
-	defer unlock()
-	v, rev, ok := s.snapshot(id)
-	fresh := false
-	for attempt := 0; attempt < maxAttempts; attempt++ {
-		if !ok {
-			var err error
-			if v, rev, err = s.fetch(ctx, id); err != nil {
-				return nil, err
-			}
-			fresh = true
-		}
-		nv := v.clone()
-		if nv.ID == "" {
-			nv.ID = id
-		}
-		nv.stamp(rev)
-		t := &tx{now: nanos(s.cfg.Now()), fresh: fresh}
-		changed, ferr := fn(nv, t)
-		if errors.Is(ferr, errRefresh) && !fresh {
-			ok = false
-			continue
-		}
-		if !changed {
-			return t, ferr
-		}
-		dropped, data, err := nv.capFeedback(s.opts.MaxValueBytes)
-		if err != nil {
-			return nil, err
-		}
-		if dropped > 0 {
-			s.log.Warn("c2d: queue value too large, oldest feedback records dropped", "queue", id, "dropped", dropped)
-		}
-		newRev, err := s.write(ctx, id, rev, data)
-		if errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
-			ok = false
-			backoff(attempt)
-			continue
-		}
-		if err != nil {
-			return nil, fmt.Errorf("write queue: %w", err)
-		}
-		s.mu.Lock()
-		s.putLocked(id, newRev, nv)
-		s.mu.Unlock()
-		s.deleteBodies(t.ch.bodies)
-		return t, ferr
-	}
-	return nil, errConflict
 }
 
 func backoff(attempt int) {
@@ -585,6 +510,7 @@ func (s *Store) Close() error {
 		}
 		s.mu.Unlock()
 		s.inflight.Wait()
+		s.commits.Wait()
 		// Cancelling the watcher's context ends its subscription; Stop would
 		// also delete the consumer and wait for NATS, which may be gone.
 		s.cancel()
