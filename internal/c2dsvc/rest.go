@@ -1,6 +1,7 @@
 package c2dsvc
 
 import (
+	"context"
 	"errors"
 	"net/http"
 
@@ -20,6 +21,17 @@ type PurgeResult struct {
 // ServiceConnect) to h.
 func (s *Service) RegisterREST(h *rest.Handler) {
 	h.Handle("DELETE /devices/{id}/commands", auth.ServiceConnect, s.purge)
+	h.AddLiveSource(s.liveCount)
+}
+
+// liveCount fills cloudToDeviceMessageCount: the messages waiting in the
+// identity's queue, locked or not, as IoT Hub counts them.
+func (s *Service) liveCount(ctx context.Context, deviceID, moduleID string, f rest.LiveFields) {
+	c, err := s.store.Pending(ctx, queueID(deviceID, moduleID))
+	if err != nil {
+		return // the document is still worth returning without it
+	}
+	*f.CloudToDeviceMessageCount = c.Total()
 }
 
 func (s *Service) purge(w http.ResponseWriter, r *http.Request, _ auth.Identity) {

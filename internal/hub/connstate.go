@@ -80,6 +80,9 @@ func (cs *ConnState) addCredential(id auth.Identity, sasl bool, token string) {
 	if c == nil {
 		c = &credential{key: key, sasl: sasl}
 		cs.creds[key] = c
+		cs.hub.presence.change(id, 1)
+	} else {
+		cs.hub.presence.change(id, 0) // a renewal is activity
 	}
 	c.id = id
 	c.token = token
@@ -101,6 +104,7 @@ func (cs *ConnState) expire(c *credential) {
 		return
 	}
 	delete(cs.creds, c.key)
+	cs.hub.presence.change(c.id, -1)
 	var victims []*amqp.Link
 	for l, lc := range cs.links {
 		if lc == c {
@@ -172,6 +176,7 @@ func (cs *ConnState) close() {
 		if c.timer != nil {
 			c.timer.Stop()
 		}
+		cs.hub.presence.change(c.id, -1)
 	}
 	cs.creds = nil
 	cs.links = nil

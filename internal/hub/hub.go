@@ -75,6 +75,8 @@ type Hub struct {
 	log   *slog.Logger
 	stats Stats
 	reval revalidator
+	// presence tracks device and module connections (presence.go).
+	presence *presenceTable
 }
 
 // Stats are the hub's counters (tests and metrics read them).
@@ -113,7 +115,7 @@ func New(cfg Config) (*Hub, error) {
 	if cfg.Endpoints == nil {
 		cfg.Endpoints = map[Kind]Endpoint{}
 	}
-	return &Hub{cfg: cfg, log: cfg.Logger}, nil
+	return &Hub{cfg: cfg, log: cfg.Logger, presence: newPresenceTable(cfg.Now)}, nil
 }
 
 // Config returns the hub's configuration.

@@ -289,6 +289,7 @@ func (h *Hub) revoke(cs *ConnState, rc recheck, reason string) {
 		return
 	}
 	delete(cs.creds, c.key)
+	cs.hub.presence.change(c.id, -1)
 	if c.timer != nil {
 		c.timer.Stop()
 	}

@@ -163,6 +163,7 @@ func (h *Handler) getDevice(w http.ResponseWriter, r *http.Request, _ auth.Ident
 		h.WriteRegistryError(w, r, err)
 		return
 	}
+	h.fillDevice(r.Context(), &d)
 	setETag(w, d.ETag)
 	WriteJSON(w, http.StatusOK, d)
 }
@@ -184,6 +185,9 @@ func (h *Handler) listDevices(w http.ResponseWriter, r *http.Request, _ auth.Ide
 	}
 	if ds == nil {
 		ds = []registry.Device{}
+	}
+	for i := range ds {
+		h.fillDevice(r.Context(), &ds[i])
 	}
 	WriteJSON(w, http.StatusOK, ds)
 }
@@ -240,6 +244,9 @@ func (h *Handler) listModules(w http.ResponseWriter, r *http.Request, _ auth.Ide
 		h.WriteRegistryError(w, r, err)
 		return
 	}
+	for i := range ms {
+		h.fillModule(r.Context(), &ms[i])
+	}
 	WriteJSON(w, http.StatusOK, ms)
 }
 
@@ -249,6 +256,7 @@ func (h *Handler) getModule(w http.ResponseWriter, r *http.Request, _ auth.Ident
 		h.WriteRegistryError(w, r, err)
 		return
 	}
+	h.fillModule(r.Context(), &m)
 	setETag(w, m.ETag)
 	WriteJSON(w, http.StatusOK, m)
 }

@@ -25,6 +25,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 
 	"amqphub/internal/auth"
@@ -75,6 +76,9 @@ type Handler struct {
 	now     func() time.Time
 	maxBody int64
 	changed func(deviceID, moduleID string)
+
+	liveMu sync.Mutex
+	live   []LiveSource
 }
 
 // New returns a Handler with the registry routes installed.

@@ -347,6 +347,7 @@ func (s *Server) start() error {
 	for k, e := range o.Endpoints {
 		s.Hub.SetEndpoint(k, e)
 	}
+	s.REST.AddLiveSource(s.livePresence)
 
 	for _, ln := range plainLns {
 		s.serveAMQP(ln)
@@ -583,6 +584,21 @@ func (s *Server) Close() error {
 		}
 	})
 	return first
+}
+
+// livePresence fills a device's or module's connection state from the
+// hub's view of its connections (this node's, in a cluster).
+func (s *Server) livePresence(_ context.Context, deviceID, moduleID string, f rest.LiveFields) {
+	p, ok := s.Hub.Presence(deviceID, moduleID)
+	if !ok {
+		return
+	}
+	*f.ConnectionState = registry.Disconnected
+	if p.Connected {
+		*f.ConnectionState = registry.Connected
+	}
+	*f.ConnectionStateUpdatedTime = p.Updated
+	*f.LastActivityTime = p.LastActivity
 }
 
 // ConnectionStrings are what a newcomer pastes into an SDK.
