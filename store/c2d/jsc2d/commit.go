@@ -24,6 +24,11 @@ const maxBatch = 128
 // one JetStream round trip per operation, one after the other.
 type committer struct {
 	pending []*op
+	// The value being written and its encoding, so that the watcher,
+	// which often delivers the write before its acknowledgement arrives,
+	// need not decode it.
+	writing []byte
+	wval    *qval
 }
 
 // op is one operation waiting for a committer.
@@ -46,10 +51,13 @@ type op struct {
 // the other on the same copy, as they would have one write each; fn may be
 // run several times (conflicts), so it must reset what it records.
 func (s *Store) mutate(ctx context.Context, id string, fn func(v *qval, t *tx) (bool, error)) (*tx, error) {
+	return s.enqueueOp(ctx, id, &op{fn: fn, done: make(chan struct{})})
+}
+
+func (s *Store) enqueueOp(ctx context.Context, id string, o *op) (*tx, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	o := &op{fn: fn, done: make(chan struct{})}
 	s.mu.Lock()
 	c := s.queues[id]
 	if c == nil {
@@ -109,14 +117,14 @@ func (s *Store) commitLoop(id string, c *committer) {
 			return
 		}
 		s.mu.Unlock()
-		retry = s.commit(id, batch)
+		retry = s.commit(id, c, batch)
 	}
 }
 
 // commit runs one batch: read (cache, or bucket), apply every function,
 // write once. It finishes the operations it could and returns those that
 // must run again on a fresh read.
-func (s *Store) commit(id string, batch []*op) (retry []*op) {
+func (s *Store) commit(id string, c *committer, batch []*op) (retry []*op) {
 	ctx := s.ctx
 	finish := func(ops []*op, err error) {
 		for _, o := range ops {
@@ -180,7 +188,13 @@ func (s *Store) commit(id string, batch []*op) (retry []*op) {
 		if dropped > 0 {
 			s.log.Warn("c2d: queue value too large, oldest feedback records dropped", "queue", id, "dropped", dropped)
 		}
+		s.mu.Lock()
+		c.writing, c.wval = data, nv
+		s.mu.Unlock()
 		newRev, err := s.write(ctx, id, rev, data)
+		s.mu.Lock()
+		c.writing, c.wval = nil, nil
+		s.mu.Unlock()
 		if errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
 			ok = false
 			backoff(attempt)

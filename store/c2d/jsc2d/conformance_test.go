@@ -52,23 +52,35 @@ func open(t testing.TB, js jetstream.JetStream, opts jsc2d.Options) *jsc2d.Store
 	return s
 }
 
+// TestConformance runs the suite with small bodies inline in the queue
+// value (the default) and with every body in the bodies stream.
 func TestConformance(t *testing.T) {
 	js := newJS(t)
-	c2dtest.Run(t, func(t *testing.T, cfg c2d.Config) (c2d.Store, func() c2d.Store) {
-		opts := jsc2d.Options{Bucket: uniqueBucket(), NodeID: "n1", Config: cfg}
-		cur := open(t, js, opts)
-		t.Cleanup(func() {
-			if err := cur.Close(); err != nil {
-				t.Errorf("Close: %v", err)
-			}
+	for _, tc := range []struct {
+		name   string
+		inline int
+	}{
+		{"inline", 0},
+		{"stream", -1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c2dtest.Run(t, func(t *testing.T, cfg c2d.Config) (c2d.Store, func() c2d.Store) {
+				opts := jsc2d.Options{Bucket: uniqueBucket(), NodeID: "n1", InlineBodyBytes: tc.inline, Config: cfg}
+				cur := open(t, js, opts)
+				t.Cleanup(func() {
+					if err := cur.Close(); err != nil {
+						t.Errorf("Close: %v", err)
+					}
+				})
+				return cur, func() c2d.Store {
+					t.Helper()
+					if err := cur.Close(); err != nil {
+						t.Fatalf("Close before reopen: %v", err)
+					}
+					cur = open(t, js, opts)
+					return cur
+				}
+			})
 		})
-		return cur, func() c2d.Store {
-			t.Helper()
-			if err := cur.Close(); err != nil {
-				t.Fatalf("Close before reopen: %v", err)
-			}
-			cur = open(t, js, opts)
-			return cur
-		}
-	})
+	}
 }

@@ -366,7 +366,7 @@ func TestServerGone(t *testing.T) {
 func TestOrphanBodies(t *testing.T) {
 	js := newJS(t)
 	ctx := context.Background()
-	s := open(t, js, jsc2d.Options{Bucket: uniqueBucket(), Config: c2d.Config{ManualSweep: true}})
+	s := open(t, js, jsc2d.Options{Bucket: uniqueBucket(), InlineBodyBytes: -1, Config: c2d.Config{ManualSweep: true}})
 	defer s.Close()
 	orphan, err := s.PutOrphanBody(ctx, "d")
 	if err != nil {

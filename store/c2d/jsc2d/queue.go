@@ -1,6 +1,7 @@
 package jsc2d
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -69,7 +70,11 @@ func (s *Store) Enqueue(ctx context.Context, queueID string, nm c2d.NewMessage) 
 	if nm.ExpiresAt.IsZero() {
 		h.Exp = nanos(now.Add(s.cfg.DefaultTTL))
 	}
-	needBody := h.Exp > nanos(now)
+	inline := len(nm.Body) <= s.opts.InlineBodyBytes
+	if inline {
+		h.Data = bytes.Clone(nm.Body) // the caller may reuse its buffer
+	}
+	needBody := h.Exp > nanos(now) && !inline
 	if v, _, ok := s.snapshot(queueID); ok && liveCount(v, nanos(now)) >= s.cfg.MaxDepth {
 		needBody = false
 	}
@@ -94,7 +99,7 @@ func (s *Store) Enqueue(ctx context.Context, queueID string, nm c2d.NewMessage) 
 			if nm.ExpiresAt.IsZero() {
 				m.Exp = t.now + int64(s.cfg.DefaultTTL)
 			}
-			if m.Exp > t.now && body == 0 {
+			if m.Exp > t.now && body == 0 && !inline {
 				return changed, errNeedBody
 			}
 			v.Seq++
@@ -102,6 +107,7 @@ func (s *Store) Enqueue(ctx context.Context, queueID string, nm c2d.NewMessage) 
 			seq = m.Seq
 			if m.Exp <= t.now {
 				// Already past its expiry: only its feedback is stored.
+				m.Data = nil
 				v.feedback(&s.cfg, &m, c2d.StatusExpired, t.now)
 				return true, nil
 			}
@@ -170,6 +176,7 @@ func (s *Store) Lock(ctx context.Context, queueID string) (c2d.Message, bool, er
 	for attempt := 0; ; attempt++ {
 		var out c2d.Message
 		var body uint64
+		var data []byte
 		found := false
 		_, err := s.mutate(ctx, queueID, func(v *qval, t *tx) (bool, error) {
 			found = false
@@ -183,7 +190,7 @@ func (s *Store) Lock(ctx context.Context, queueID string) (c2d.Message, bool, er
 				v.retire(h.Tok)
 				h.Tok = newToken()
 				h.Until = t.now + int64(s.cfg.LockDuration)
-				body = h.Body
+				body, data = h.Body, h.Data
 				out = message(queueID, h)
 				found = true
 				return true, nil
@@ -195,6 +202,13 @@ func (s *Store) Lock(ctx context.Context, queueID string) (c2d.Message, bool, er
 		}
 		if !found {
 			return c2d.Message{}, false, nil
+		}
+		if body == 0 {
+			out.Body = bytes.Clone(data)
+			if out.Body == nil {
+				out.Body = []byte{}
+			}
+			return out, true, nil
 		}
 		b, err := s.getBody(ctx, body)
 		if err == nil {

@@ -1,6 +1,7 @@
 package jsc2d
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/base64"
@@ -43,6 +44,12 @@ type Options struct {
 	// queue are dropped (with a warning) beyond it. Default 768 KiB, under
 	// NATS's default 1 MiB payload limit.
 	MaxValueBytes int
+	// InlineBodyBytes is the largest body kept in the queue value itself
+	// instead of the bodies stream: a small body stored inline saves three
+	// JetStream requests per message (store, read, delete), a large one
+	// would make every rewrite of its queue value heavy. Default 1 KiB;
+	// negative keeps every body in the stream.
+	InlineBodyBytes int
 	// Config holds the IoT Hub limits, the clock and the logger.
 	Config c2d.Config
 }
@@ -126,6 +133,9 @@ func Open(ctx context.Context, js jetstream.JetStream, opts Options) (*Store, er
 	}
 	if opts.SweepInterval <= 0 {
 		opts.SweepInterval = time.Second
+	}
+	if opts.InlineBodyBytes == 0 {
+		opts.InlineBodyBytes = 1 << 10
 	}
 	if opts.MaxValueBytes <= 0 {
 		opts.MaxValueBytes = 768 << 10
@@ -274,6 +284,10 @@ func (s *Store) apply(e jetstream.KeyValueEntry) {
 		s.mu.Lock()
 		c := s.cache[string(id)]
 		known := c != nil && c.v != nil && c.rev >= e.Revision()
+		if w := s.queues[string(id)]; !known && w != nil && w.wval != nil && bytes.Equal(w.writing, e.Value()) {
+			s.putLocked(string(id), e.Revision(), w.wval)
+			known = true
+		}
 		s.mu.Unlock()
 		if known {
 			return

@@ -1,8 +1,6 @@
 package jsc2d
 
 import (
-	"encoding/json"
-	"fmt"
 	"slices"
 	"time"
 
@@ -29,7 +27,8 @@ type qval struct {
 // hdr is one pending message. Times are Unix nanoseconds.
 type hdr struct {
 	Seq   uint64 `json:"s"`
-	Body  uint64 `json:"b"` // sequence of the body in the bodies stream
+	Body  uint64 `json:"b"`            // sequence of the body in the bodies stream; 0 when inline
+	Data  []byte `json:"bd,omitempty"` // the body itself when small (see Options.InlineBodyBytes)
 	MsgID string `json:"i,omitempty"`
 	DevID string `json:"d,omitempty"`
 	GenID string `json:"g,omitempty"`
@@ -62,22 +61,6 @@ type fbrec struct {
 }
 
 const retiredKeep = 32
-
-func encodeQ(v *qval) ([]byte, error) {
-	b, err := json.Marshal(v)
-	if err != nil {
-		return nil, fmt.Errorf("encode queue %q: %w", v.ID, err)
-	}
-	return b, nil
-}
-
-func decodeQ(b []byte) (*qval, error) {
-	v := new(qval)
-	if err := json.Unmarshal(b, v); err != nil {
-		return nil, fmt.Errorf("decode queue value: %w", err)
-	}
-	return v, nil
-}
 
 // clone copies v deeply enough for a mutation: token slices are replaced,
 // never written in place, so they are shared.
