@@ -15,7 +15,7 @@ import (
 
 func sortStrings(s []string) { slices.SortFunc(s, strings.Compare) }
 
-// candidate is an available feedback record found in the cache.
+// candidate is an available feedback record of a queue.
 type candidate struct {
 	queue string
 	fseq  uint64
@@ -41,9 +41,20 @@ func cmpCandidate(a, b candidate) int {
 	return 0
 }
 
-// candidatesLocked lists the available feedback records, oldest first.
-func (s *Store) candidatesLocked(now int64) []candidate {
-	var out []candidate
+// pickLocked chooses up to limit available feedback records: queue by
+// queue, the queue whose oldest available record is oldest first, all of a
+// queue's available records together (in their order). Taking a queue's
+// records together keeps a batch to few queues, hence few writes, and its
+// latency that of few writes rather than the slowest of up to limit; a
+// backlog then drains in batches of whole queues. Order holds within a
+// queue; across queues it is by the oldest record.
+func (s *Store) pickLocked(now int64, limit int) (queues []string, byQueue map[string][]uint64) {
+	type head struct {
+		id  string
+		e   *entry
+		rev uint64
+	}
+	var heads []head
 	for id, e := range s.fbQueues {
 		if e.v == nil {
 			continue
@@ -55,12 +66,29 @@ func (s *Store) candidatesLocked(now int64) []candidate {
 				if rev == 0 {
 					rev = e.rev
 				}
-				out = append(out, candidate{queue: id, fseq: f.FSeq, rev: rev})
+				heads = append(heads, head{id: id, e: e, rev: rev})
+				break
 			}
 		}
 	}
-	slices.SortFunc(out, cmpCandidate)
-	return out
+	slices.SortFunc(heads, func(a, b head) int {
+		return cmpCandidate(candidate{queue: a.id, rev: a.rev}, candidate{queue: b.id, rev: b.rev})
+	})
+	byQueue = make(map[string][]uint64)
+	n := 0
+	for _, h := range heads {
+		if n >= limit {
+			break
+		}
+		queues = append(queues, h.id)
+		for i := range h.e.v.Fb {
+			if f := &h.e.v.Fb[i]; f.available(now) && n < limit {
+				byQueue[h.id] = append(byQueue[h.id], f.FSeq)
+				n++
+			}
+		}
+	}
+	return queues, byQueue
 }
 
 // TakeFeedback implements c2d.Store. It picks the oldest available records
@@ -78,19 +106,10 @@ func (s *Store) TakeFeedback(ctx context.Context, maxRecords int) (c2d.FeedbackB
 	tok := newToken()
 	for attempt := 0; attempt < 8; attempt++ {
 		s.mu.Lock()
-		cands := s.candidatesLocked(nanos(s.cfg.Now()))
+		queues, byQueue := s.pickLocked(nanos(s.cfg.Now()), maxRecords)
 		s.mu.Unlock()
-		if len(cands) == 0 {
+		if len(queues) == 0 {
 			return c2d.FeedbackBatch{}, false, nil
-		}
-		cands = cands[:min(len(cands), maxRecords)]
-		var queues []string
-		byQueue := map[string][]uint64{}
-		for _, c := range cands {
-			if _, ok := byQueue[c.queue]; !ok {
-				queues = append(queues, c.queue)
-			}
-			byQueue[c.queue] = append(byQueue[c.queue], c.fseq)
 		}
 		// One CAS per queue, all queues at once: each joins its queue's
 		// next write (see committer), so a batch spanning many busy queues
