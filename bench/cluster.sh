@@ -17,6 +17,7 @@ SCENARIOS=${*:-d2c e2e c2d}
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 WORK=$(mktemp -d /tmp/amqphub-cluster.XXXXXX)
 PIDS=()
+NATS_PIDS=()
 cleanup() {
 	set +e
 	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
@@ -38,6 +39,7 @@ for i in 1 2 3; do
 	"$WORK/nats-server" -a 127.0.0.1 -p 4422$i -n n$i -js -sd "$WORK/n$i" --cluster_name bench \
 		--cluster nats://127.0.0.1:4424$i --routes "$routes" >"$WORK/n$i.log" 2>&1 &
 	PIDS+=($!)
+	NATS_PIDS+=($!)
 done
 
 wait_ready() { # wait_ready LOG
@@ -66,14 +68,30 @@ start_node B 127.0.0.1:46672 127.0.0.1:46671 127.0.0.1:46443 "${CLUSTER_FLAGS[@]
 HUB_CS=$(grep -m1 'SharedAccessKeyName=iothubowner' "$WORK/A.log" | tr -d ' ')
 REST=$REST_A CA=$CA_A
 
+nats_ticks() { # CPU time of the nats-server processes, in clock ticks
+	local sum=0
+	for p in "${NATS_PIDS[@]}"; do
+		[ -r /proc/$p/stat ] || continue
+		set -- $(sed 's/^.*) //' /proc/$p/stat)
+		sum=$((sum + ${12} + ${13}))
+	done
+	echo $sum
+}
+
 bench() { # bench LABEL URL PID ARGS...
 	local label=$1 url=$2 pid=$3
 	shift 3
 	echo
 	echo "## $label"
 	echo "\$ amqphub bench $* --amqp-url $url --hub <iothubowner connection string> --rest-url $REST --ca <CA file> --hub-pid <pid>"
+	local t0 s0 t1 s1
+	t0=$(nats_ticks) s0=$(date +%s.%N)
 	"$WORK/amqphub" bench "$@" --amqp-url "$url" --hub "$HUB_CS" --rest-url "$REST" --ca "$CA" --hub-pid "$pid" 2>"$WORK/bench.err" ||
 		{ echo "(failed: exit $?)"; tail -3 "$WORK/bench.err"; }
+	t1=$(nats_ticks) s1=$(date +%s.%N)
+	if [ "$label" != "${label#cluster}" ]; then
+		echo "  nats-server   $(echo "($t1 - $t0) / $(getconf CLK_TCK) / ($s1 - $s0)" | bc -l | xargs printf '%.2f') cores (3 processes, over the whole run incl. setup)"
+	fi
 }
 
 run_all() { # run_all MODE PLAIN_A PID_A [PLAIN_B PID_B]
