@@ -63,6 +63,11 @@ type Config struct {
 	// AuthTimeout closes connections that hold no valid token for that
 	// long. Default 60 s; negative disables.
 	AuthTimeout time.Duration
+	// OnPresence, if set, is called after a device's or module's presence
+	// on this node changed (connected, renewed, disconnected), outside the
+	// hub's locks; it must not block (a cluster node queues the change for
+	// the other nodes).
+	OnPresence func(deviceID, moduleID string, p Presence)
 	// Now is the clock (tests); default time.Now.
 	Now func() time.Time
 	// Logger; default slog.Default().
@@ -115,7 +120,7 @@ func New(cfg Config) (*Hub, error) {
 	if cfg.Endpoints == nil {
 		cfg.Endpoints = map[Kind]Endpoint{}
 	}
-	return &Hub{cfg: cfg, log: cfg.Logger, presence: newPresenceTable(cfg.Now)}, nil
+	return &Hub{cfg: cfg, log: cfg.Logger, presence: newPresenceTable(cfg.Now, cfg.OnPresence)}, nil
 }
 
 // Config returns the hub's configuration.

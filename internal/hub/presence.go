@@ -33,13 +33,14 @@ type presenceEntry struct {
 // presenceTable tracks every identity that has connected to this node
 // since it started (one small entry each, bounded by the registry).
 type presenceTable struct {
-	now func() time.Time
-	mu  sync.Mutex
-	m   map[presenceKey]*presenceEntry
+	now      func() time.Time
+	onChange func(deviceID, moduleID string, p Presence)
+	mu       sync.Mutex
+	m        map[presenceKey]*presenceEntry
 }
 
-func newPresenceTable(now func() time.Time) *presenceTable {
-	return &presenceTable{now: now, m: map[presenceKey]*presenceEntry{}}
+func newPresenceTable(now func() time.Time, onChange func(deviceID, moduleID string, p Presence)) *presenceTable {
+	return &presenceTable{now: now, onChange: onChange, m: map[presenceKey]*presenceEntry{}}
 }
 
 func presenceKeyOf(id auth.Identity) (presenceKey, bool) {
@@ -58,7 +59,6 @@ func (t *presenceTable) change(id auth.Identity, delta int) {
 	}
 	now := t.now().UTC()
 	t.mu.Lock()
-	defer t.mu.Unlock()
 	e := t.m[k]
 	if e == nil {
 		e = &presenceEntry{}
@@ -70,6 +70,11 @@ func (t *presenceTable) change(id auth.Identity, delta int) {
 		e.Updated = now
 	}
 	e.LastActivity = now
+	p := e.Presence
+	t.mu.Unlock()
+	if t.onChange != nil {
+		t.onChange(k.device, k.module, p)
+	}
 }
 
 // get returns the presence of an identity; ok is false for one that never

@@ -9,7 +9,8 @@ import (
 
 func TestPresenceTable(t *testing.T) {
 	now := time.Date(2026, 11, 28, 10, 0, 0, 0, time.UTC)
-	tab := newPresenceTable(func() time.Time { return now })
+	var changes int
+	tab := newPresenceTable(func() time.Time { return now }, func(string, string, Presence) { changes++ })
 	dev := auth.Identity{Kind: auth.KindDevice, DeviceID: "d1"}
 	mod := auth.Identity{Kind: auth.KindModule, DeviceID: "d1", ModuleID: "m1"}
 	policy := auth.Identity{Kind: auth.KindPolicy, PolicyName: "service"}
@@ -48,5 +49,8 @@ func TestPresenceTable(t *testing.T) {
 	tab.change(policy, 1)
 	if len(tab.m) != 2 {
 		t.Fatalf("policies are not devices: %d entries", len(tab.m))
+	}
+	if changes != len(steps)+1 {
+		t.Fatalf("%d changes announced, want %d", changes, len(steps)+1)
 	}
 }

@@ -41,6 +41,10 @@ type ClusterOptions struct {
 	// ConnectTimeout bounds the start: connecting and finding JetStream
 	// ready (default 30 s; a cluster may still be electing its leader).
 	ConnectTimeout time.Duration `yaml:"connectTimeout"`
+	// PresenceHeartbeat is how often a node tells the others it is alive
+	// (default 5 s); the connections of a node silent for three of them
+	// no longer count in the registry's connectionState.
+	PresenceHeartbeat time.Duration `yaml:"presenceHeartbeat"`
 }
 
 // Enabled reports whether the hub runs as a cluster node.

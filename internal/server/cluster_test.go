@@ -13,6 +13,8 @@ import (
 	"amqphub/client"
 	"amqphub/internal/auth"
 	"amqphub/internal/natstest"
+	"amqphub/internal/registry"
+	"amqphub/internal/rest"
 )
 
 // startClusterPair starts two in-process hub nodes on one embedded NATS
@@ -149,9 +151,69 @@ func TestClusterStreams(t *testing.T) {
 			t.Fatalf("partition %d stream: max age %v, max bytes %d, replicas %d", p, c.MaxAge, c.MaxBytes, c.Replicas)
 		}
 	}
-	for _, b := range []string{"registry", "twins", "c2d", "eventhub", "ehowners"} {
+	for _, b := range []string{"registry", "twins", "c2d", "eventhub", "ehowners", "presence"} {
 		if _, err := js.KeyValue(ctx, "HUBX_"+b); err != nil {
 			t.Errorf("bucket HUBX_%s: %v", b, err)
 		}
 	}
+}
+
+// TestClusterPresence: a device connected to node A reads as Connected
+// through node B, Disconnected once it leaves, and Disconnected again when
+// node A stops sending heartbeats (a node that died).
+func TestClusterPresence(t *testing.T) {
+	ns := natstest.RunServer(t)
+	mod := func(id string) func(*Options) {
+		return func(o *Options) {
+			o.Cluster = ClusterOptions{URLs: ns.ClientURL(), NodeID: id, PresenceHeartbeat: 100 * time.Millisecond}
+			o.Devices = []DeviceConfig{{ID: "dev1", PrimaryKey: devKey, SecondaryKey: devKey}}
+		}
+	}
+	a, b := StartTest(t, mod("A")), StartTest(t, mod("B"))
+	stateOnB := func() registry.ConnectionState {
+		var st registry.ConnectionState
+		var updated, activity time.Time
+		var n int
+		b.livePresence(context.Background(), "dev1", "", rest.LiveFields{
+			ConnectionState: &st, ConnectionStateUpdatedTime: &updated, LastActivityTime: &activity, CloudToDeviceMessageCount: &n,
+		})
+		return st
+	}
+	waitState := func(want registry.ConnectionState, why string) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for stateOnB() != want {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: node B still says %q, want %q", why, stateOnB(), want)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	if st := stateOnB(); st != "" {
+		t.Fatalf("a device that never connected: %q", st)
+	}
+	connect := func() *client.DeviceClient {
+		dev, err := client.NewDeviceClient(fmt.Sprintf("HostName=localhost;DeviceId=dev1;SharedAccessKey=%s", devKey),
+			&client.DeviceOptions{Address: "amqp://" + a.AMQPAddr})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := dev.Connect(ctx); err != nil {
+			t.Fatal(err)
+		}
+		return dev
+	}
+	dev := connect()
+	waitState(registry.Connected, "connected to node A")
+	dev.Close()
+	waitState(registry.Disconnected, "disconnected from node A")
+	dev = connect()
+	defer dev.Close()
+	waitState(registry.Connected, "connected again")
+	// Node A dies: its heartbeats stop, its record stays.
+	a.presence.cancel()
+	a.presence.wg.Wait()
+	waitState(registry.Disconnected, "node A silent for three heartbeats")
 }

@@ -186,6 +186,9 @@ type Server struct {
 
 	https   *http.Server
 	cluster *hub.Cluster // nil in the embedded mode
+	// presence shares connection state between cluster nodes (nil when
+	// embedded).
+	presence *clusterPresence
 	// clusterLog is the JetStream telemetry log, for the NATS disconnect
 	// handler (which is installed before the log exists).
 	clusterLog atomic.Pointer[jslog.Log]
@@ -230,6 +233,13 @@ func (s *Server) start() error {
 		if err != nil {
 			return err
 		}
+		ctx, cancel := context.WithTimeout(context.Background(), o.Cluster.ConnectTimeout)
+		s.presence, err = openClusterPresence(ctx, s.cluster, o.Cluster.PresenceHeartbeat, log)
+		cancel()
+		if err != nil {
+			return fmt.Errorf("cluster: %w", err)
+		}
+		s.closers = append(s.closers, s.presence.close)
 	} else {
 		reg, err = registry.OpenPebble(filepath.Join(dir, "registry"), registry.PebbleOptions{InMemory: o.InMemory, Logger: log})
 		if err != nil {
@@ -270,6 +280,7 @@ func (s *Server) start() error {
 
 		RevalidateInterval: o.RevalidateInterval,
 		AuthTimeout:        o.AuthTimeout,
+		OnPresence:         s.onPresence(),
 	})
 	if err != nil {
 		return err
@@ -586,10 +597,22 @@ func (s *Server) Close() error {
 	return first
 }
 
+// onPresence is the hub's presence hook: in a cluster, changes go to the
+// other nodes.
+func (s *Server) onPresence() func(deviceID, moduleID string, p hub.Presence) {
+	if s.presence == nil {
+		return nil
+	}
+	return s.presence.changed
+}
+
 // livePresence fills a device's or module's connection state from the
 // hub's view of its connections (this node's, in a cluster).
 func (s *Server) livePresence(_ context.Context, deviceID, moduleID string, f rest.LiveFields) {
 	p, ok := s.Hub.Presence(deviceID, moduleID)
+	if s.presence != nil {
+		p, ok = s.presence.merge(deviceID, moduleID, p, ok)
+	}
 	if !ok {
 		return
 	}
