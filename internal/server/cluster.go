@@ -47,6 +47,10 @@ type ClusterOptions struct {
 	PresenceHeartbeat time.Duration `yaml:"presenceHeartbeat"`
 }
 
+// clusterAckTimeout bounds the wait for a telemetry append's
+// acknowledgement in a cluster (see openClusterLog).
+const clusterAckTimeout = 3 * time.Second
+
 // Enabled reports whether the hub runs as a cluster node.
 func (c ClusterOptions) Enabled() bool { return strings.TrimSpace(c.URLs) != "" }
 
@@ -197,7 +201,12 @@ func (s *Server) openClusterLog() (*jslog.Log, error) {
 		Replicas:       c.Replicas,
 		Retention:      o.Retention,
 		RetentionBytes: o.RetentionBytes,
-		Logger:         o.Logger,
+		// A partition whose stream leader died answers nothing until its
+		// replicas elect another (seconds): fail those appends soon so
+		// devices resend, rather than after the 10 s default. Loaded acks
+		// take tens of milliseconds, far below this.
+		AckTimeout: clusterAckTimeout,
+		Logger:     o.Logger,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("cluster telemetry log: %w", err)

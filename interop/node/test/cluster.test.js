@@ -6,7 +6,8 @@
 // exchange crosses nodes: telemetry, C2D with feedback, twin desired and
 // reported properties, a direct method.
 // Env (set by interop/cluster_test.go): DEVICE_ID, DEVICE_CS (node A),
-// SERVICE_CS (node B), EH_CS_A, EH_CS_B, NODE_EXTRA_CA_CERTS.
+// SERVICE_CS (node B), EH_CS_A, EH_CS_B, NODE_EXTRA_CA_CERTS. The registry on node B
+// also reports the device on node A as connected.
 const test = require('node:test');
 const assert = require('node:assert/strict');
 const { randomUUID } = require('node:crypto');
@@ -171,4 +172,17 @@ test('a direct method invoked on node B is answered by the device on node A', T,
   });
   assert.equal(res.result.status, 200);
   assert.deepEqual(res.result.payload, { echo: { n: 7 }, node: 'A' });
+});
+
+test('the registry on node B reports the device connected to node A', T, async () => {
+  const registry = Registry.fromConnectionString(need('SERVICE_CS'));
+  const deadline = Date.now() + 15000;
+  let dev;
+  for (;;) {
+    dev = (await registry.get(need('DEVICE_ID'))).responseBody;
+    if (dev.connectionState === 'Connected') break;
+    if (Date.now() > deadline) throw new Error(`connectionState is ${dev.connectionState} on node B`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  assert.ok(new Date(dev.connectionStateUpdatedTime).getTime() > 0, 'connectionStateUpdatedTime is set');
 });
