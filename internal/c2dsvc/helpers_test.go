@@ -41,21 +41,11 @@ func decodeKey(t testing.TB, b64 string) []byte {
 // "") or module.
 func deviceLogin(t testing.TB, s *server.Server, dev, module string) (user, token string) {
 	t.Helper()
-	ctx := context.Background()
-	host, hubName := s.Options.HostName, s.Options.HubName
-	if module == "" {
-		d, err := s.Registry.GetDevice(ctx, dev)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return dev + "@sas." + hubName, sas.Sign(host+"/devices/"+dev, decodeKey(t, d.Authentication.SymmetricKey.PrimaryKey), "", time.Now().Add(time.Hour))
-	}
-	m, err := s.Registry.GetModule(ctx, dev, module)
+	user, token, err := s.DeviceLogin(context.Background(), dev, module, time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return dev + "/modules/" + module + "@sas." + hubName,
-		sas.Sign(host+"/devices/"+dev+"/modules/"+module, decodeKey(t, m.Authentication.SymmetricKey.PrimaryKey), "", time.Now().Add(time.Hour))
+	return user, token
 }
 
 // dial opens a go-amqp connection with SASL PLAIN on the plain listener.

@@ -36,7 +36,7 @@ func BenchmarkInvoke(b *testing.B) {
 	b.ReportAllocs()
 	b.ResetTimer()
 	for b.Loop() {
-		if code, body, _ := svc.do("POST", "/twins/d1/methods", req); code != 200 {
+		if code, body, _ := svc.Do("POST", "/twins/d1/methods", req); code != 200 {
 			b.Fatalf("invoke: %d %v", code, body)
 		}
 	}

@@ -19,6 +19,7 @@ import (
 	"amqphub/internal/rest"
 	"amqphub/internal/sas"
 	"amqphub/internal/server"
+	"amqphub/internal/server/servertest"
 )
 
 // lateRegistry is a registry set after the hub it belongs to started:
@@ -71,12 +72,7 @@ func startNodes(t *testing.T, n int) []*clusterNode {
 		if err != nil {
 			t.Fatal(err)
 		}
-		svc := &service{
-			t:      t,
-			base:   hs.URL,
-			token:  sas.Sign(s.Options.HostName, key, auth.PolicyIoTHubOwner, time.Now().Add(time.Hour)),
-			client: hs.Client(),
-		}
+		svc := servertest.NewRESTAt(t, hs.URL, sas.Sign(s.Options.HostName, key, auth.PolicyIoTHubOwner, time.Now().Add(time.Hour)), hs.Client())
 		nodes = append(nodes, &clusterNode{s: s, ep: ep, svc: svc})
 	}
 	return nodes

@@ -82,7 +82,7 @@ func invoke(svc *service, path string, req map[string]any) <-chan result {
 	ch := make(chan result, 1)
 	start := time.Now()
 	go func() {
-		code, body, _ := svc.do("POST", path, req)
+		code, body, _ := svc.Do("POST", path, req)
 		ch <- result{code, body, time.Since(start)}
 	}()
 	return ch
@@ -225,7 +225,7 @@ func TestMethodErrors(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			start := time.Now()
-			code, body, _ := tc.svc.do("POST", tc.path, tc.body)
+			code, body, _ := tc.svc.Do("POST", tc.path, tc.body)
 			if code != tc.status || errorCode(body) != tc.code {
 				t.Errorf("%d %v, want %d %s", code, body, tc.status, tc.code)
 			}

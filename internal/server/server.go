@@ -7,6 +7,7 @@ package server
 import (
 	"context"
 	"crypto/tls"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -26,6 +27,7 @@ import (
 	"amqphub/internal/methods"
 	"amqphub/internal/registry"
 	"amqphub/internal/rest"
+	"amqphub/internal/sas"
 	"amqphub/internal/telemetry"
 	"amqphub/internal/tlsutil"
 	"amqphub/internal/twin"
@@ -667,6 +669,35 @@ func (s *Server) ConnectionStrings(ctx context.Context) (ConnectionStrings, erro
 		}
 	}
 	return cs, nil
+}
+
+// DeviceLogin returns the SASL PLAIN user name ({device}@sas.{hub} or
+// {device}/modules/{module}@sas.{hub}) and a SAS token signed with the
+// identity's primary key, valid for ttl: what a device SDK presents. The
+// CLI and tests use it to connect as a device or module (moduleID "").
+func (s *Server) DeviceLogin(ctx context.Context, deviceID, moduleID string, ttl time.Duration) (user, token string, err error) {
+	host, hubName := s.Options.HostName, s.Options.HubName
+	var keyB64, resource string
+	if moduleID == "" {
+		d, err := s.Registry.GetDevice(ctx, deviceID)
+		if err != nil {
+			return "", "", err
+		}
+		keyB64, user, resource = d.Authentication.SymmetricKey.PrimaryKey, deviceID+"@sas."+hubName, host+"/devices/"+deviceID
+	} else {
+		m, err := s.Registry.GetModule(ctx, deviceID, moduleID)
+		if err != nil {
+			return "", "", err
+		}
+		keyB64 = m.Authentication.SymmetricKey.PrimaryKey
+		user = deviceID + "/modules/" + moduleID + "@sas." + hubName
+		resource = host + "/devices/" + deviceID + "/modules/" + moduleID
+	}
+	key, err := base64.StdEncoding.DecodeString(keyB64)
+	if err != nil || len(key) == 0 {
+		return "", "", fmt.Errorf("identity %s has no usable primary key", resource)
+	}
+	return user, sas.Sign(resource, key, "", time.Now().Add(ttl)), nil
 }
 
 // DeviceConnectionString returns a device's connection string.

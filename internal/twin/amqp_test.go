@@ -52,7 +52,7 @@ func TestDeviceTwinOverAMQP(t *testing.T) {
 	if v := version(t, m); v != 3 {
 		t.Errorf("second PATCH: version %d, want 3", v)
 	}
-	code, tw, _ := svc.do("GET", "/twins/d1", nil)
+	code, tw, _ := svc.Do("GET", "/twins/d1", nil)
 	if code != 200 || path(tw, "properties", "reported", "temp") != 21.5 || path(tw, "properties", "reported", "fw", "w") != float64(2) ||
 		path(tw, "properties", "reported", "fw", "v") != nil || path(tw, "properties", "reported", "$version") != float64(3) {
 		t.Errorf("service reads %d %v", code, tw["properties"])
@@ -64,7 +64,7 @@ func TestDeviceTwinOverAMQP(t *testing.T) {
 		t.Fatalf("PUT: status %d", st)
 	}
 	etag, _ := tw["etag"].(string)
-	if code, body, _ := svc.do("PATCH", "/twins/d1", map[string]any{"properties": map[string]any{"desired": map[string]any{"fan": "on", "cfg": map[string]any{"rate": 5}}}}, "If-Match", `"`+etag+`"`); code != 200 {
+	if code, body, _ := svc.Do("PATCH", "/twins/d1", map[string]any{"properties": map[string]any{"desired": map[string]any{"fan": "on", "cfg": map[string]any{"rate": 5}}}}, "If-Match", `"`+etag+`"`); code != 200 {
 		t.Fatalf("service PATCH desired: %d %v", code, body)
 	}
 	push := c.receive()
@@ -78,7 +78,7 @@ func TestDeviceTwinOverAMQP(t *testing.T) {
 		t.Errorf("push body %v", doc)
 	}
 	// A removal is pushed as null.
-	if code, body, _ := svc.do("PATCH", "/twins/d1", map[string]any{"properties": map[string]any{"desired": map[string]any{"fan": nil}}}); code != 200 {
+	if code, body, _ := svc.Do("PATCH", "/twins/d1", map[string]any{"properties": map[string]any{"desired": map[string]any{"fan": nil}}}); code != 200 {
 		t.Fatalf("service PATCH desired: %d %v", code, body)
 	}
 	push = c.receive()
@@ -88,7 +88,7 @@ func TestDeviceTwinOverAMQP(t *testing.T) {
 		t.Errorf("removal push lacks fan: %v", doc)
 	}
 	// Tags do not concern the device.
-	if code, _, _ := svc.do("PATCH", "/twins/d1", map[string]any{"tags": map[string]any{"floor": 3}}); code != 200 {
+	if code, _, _ := svc.Do("PATCH", "/twins/d1", map[string]any{"tags": map[string]any{"floor": 3}}); code != 200 {
 		t.Fatalf("service PATCH tags: %d", code)
 	}
 	m = c.call("GET", "", "g2", []byte(" "))
@@ -102,7 +102,7 @@ func TestDeviceTwinOverAMQP(t *testing.T) {
 	if st := status(t, m); st < 200 || st > 299 {
 		t.Fatalf("DELETE: status %d", st)
 	}
-	if code, _, _ := svc.do("PATCH", "/twins/d1", map[string]any{"properties": map[string]any{"desired": map[string]any{"late": true}}}); code != 200 {
+	if code, _, _ := svc.Do("PATCH", "/twins/d1", map[string]any{"properties": map[string]any{"desired": map[string]any{"late": true}}}); code != 200 {
 		t.Fatal("service PATCH")
 	}
 	m = c.call("GET", "", "g3", []byte(" "))
@@ -121,11 +121,11 @@ func TestModuleTwinOverAMQP(t *testing.T) {
 	}
 	c.call("PUT", "/notifications/twin/properties/desired", "s", nil)
 	svc := owner(t, s)
-	if code, _, _ := svc.do("PATCH", "/twins/d1/modules/m1", map[string]any{"properties": map[string]any{"desired": map[string]any{"m": 1}}}); code != 200 {
+	if code, _, _ := svc.Do("PATCH", "/twins/d1/modules/m1", map[string]any{"properties": map[string]any{"desired": map[string]any{"m": 1}}}); code != 200 {
 		t.Fatal("service PATCH module twin")
 	}
 	// The device twin is not the module's: no push for it.
-	if code, _, _ := svc.do("PATCH", "/twins/d1", map[string]any{"properties": map[string]any{"desired": map[string]any{"d": 1}}}); code != 200 {
+	if code, _, _ := svc.Do("PATCH", "/twins/d1", map[string]any{"properties": map[string]any{"desired": map[string]any{"d": 1}}}); code != 200 {
 		t.Fatal("service PATCH device twin")
 	}
 	push := c.receive()
@@ -136,7 +136,7 @@ func TestModuleTwinOverAMQP(t *testing.T) {
 	if doc := bodyJSON(t, m); path(doc, "reported", "module") != true || path(doc, "desired", "d") != nil {
 		t.Errorf("module GET %v", doc)
 	}
-	_, tw, _ := svc.do("GET", "/twins/d1", nil)
+	_, tw, _ := svc.Do("GET", "/twins/d1", nil)
 	if path(tw, "properties", "reported", "module") != nil {
 		t.Errorf("device twin got the module's reported property: %v", tw)
 	}
@@ -194,12 +194,12 @@ func TestTwinRequestErrors(t *testing.T) {
 func TestTwinOfDeletedDevice(t *testing.T) {
 	s := startHub(t, nil)
 	svc := owner(t, s)
-	if code, body, _ := svc.do("PUT", "/devices/gone", map[string]any{"deviceId": "gone"}); code != 200 {
+	if code, body, _ := svc.Do("PUT", "/devices/gone", map[string]any{"deviceId": "gone"}); code != 200 {
 		t.Fatalf("create device: %d %v", code, body)
 	}
 	c := openTwin(t, dialIdentity(t, s, "gone", ""), "/devices/gone/twin", 10)
 	c.call("PATCH", "/properties/reported", "p", []byte(`{"old":1}`))
-	if code, _, _ := svc.do("PATCH", "/twins/gone", map[string]any{"tags": map[string]any{"old": 1}}); code != 200 {
+	if code, _, _ := svc.Do("PATCH", "/twins/gone", map[string]any{"tags": map[string]any{"old": 1}}); code != 200 {
 		t.Fatal("tag the twin")
 	}
 	// Deleted behind the REST API's back (which would close the device's
@@ -211,13 +211,13 @@ func TestTwinOfDeletedDevice(t *testing.T) {
 	if m := c.call("GET", "", "g", nil); status(t, m) != 404 || bodyJSON(t, m)["errorCode"] != float64(404001) {
 		t.Errorf("GET for a deleted device: %s", describe(m))
 	}
-	if code, body, _ := svc.do("GET", "/twins/gone", nil); code != 404 || errorCode(body) != "DeviceNotFound" {
+	if code, body, _ := svc.Do("GET", "/twins/gone", nil); code != 404 || errorCode(body) != "DeviceNotFound" {
 		t.Errorf("REST GET for a deleted device: %d %v", code, body)
 	}
-	if code, _, _ := svc.do("PUT", "/devices/gone", map[string]any{"deviceId": "gone"}); code != 200 {
+	if code, _, _ := svc.Do("PUT", "/devices/gone", map[string]any{"deviceId": "gone"}); code != 200 {
 		t.Fatal("create the device again")
 	}
-	code, tw, _ := svc.do("GET", "/twins/gone", nil)
+	code, tw, _ := svc.Do("GET", "/twins/gone", nil)
 	if code != 200 || tw["version"] != float64(1) || len(tw["tags"].(map[string]any)) != 0 ||
 		path(tw, "properties", "reported", "old") != nil || path(tw, "properties", "reported", "$version") != float64(1) {
 		t.Errorf("twin of the new device: %d %v", code, tw)
@@ -236,7 +236,7 @@ func TestTwinBackPressure(t *testing.T) {
 	// One push fills the receiver's single credit (it is not received);
 	// three more wait in the hub; the fifth overflows.
 	for i := range 5 {
-		if code, _, _ := svc.do("PATCH", "/twins/d1", map[string]any{"properties": map[string]any{"desired": map[string]any{"n": i}}}); code != 200 {
+		if code, _, _ := svc.Do("PATCH", "/twins/d1", map[string]any{"properties": map[string]any{"desired": map[string]any{"n": i}}}); code != 200 {
 			t.Fatalf("PATCH %d: %d", i, code)
 		}
 	}

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"amqphub/internal/auth"
+	"amqphub/internal/server/servertest"
 )
 
 // TestTwinREST covers the service side: the twin document's shape, PATCH
@@ -15,7 +16,7 @@ func TestTwinREST(t *testing.T) {
 	s := startHub(t, nil)
 	svc := owner(t, s)
 
-	code, tw, hdr := svc.do("GET", "/twins/d1", nil)
+	code, tw, hdr := svc.Do("GET", "/twins/d1", nil)
 	if code != 200 {
 		t.Fatalf("GET /twins/d1: %d %v", code, tw)
 	}
@@ -45,7 +46,7 @@ func TestTwinREST(t *testing.T) {
 
 	// PATCH with the current etag merges tags and desired properties.
 	before := time.Now().UTC().Add(-time.Second)
-	code, tw, _ = svc.do("PATCH", "/twins/d1", map[string]any{
+	code, tw, _ = svc.Do("PATCH", "/twins/d1", map[string]any{
 		"tags":       map[string]any{"site": map[string]any{"city": "Oslo"}},
 		"properties": map[string]any{"desired": map[string]any{"rate": 5, "$version": 99}},
 	}, "If-Match", `"`+etag+`"`)
@@ -62,29 +63,29 @@ func TestTwinREST(t *testing.T) {
 	}
 
 	// A stale etag is refused with 412 and changes nothing.
-	code, body, _ := svc.do("PATCH", "/twins/d1", map[string]any{"tags": map[string]any{"x": 1}}, "If-Match", `"`+etag+`"`)
+	code, body, _ := svc.Do("PATCH", "/twins/d1", map[string]any{"tags": map[string]any{"x": 1}}, "If-Match", `"`+etag+`"`)
 	if code != 412 || errorCode(body) != "PreconditionFailed" {
 		t.Errorf("stale etag: %d %v", code, body)
 	}
 
 	// PUT replaces tags and desired properties; a twin as read back is
 	// accepted as it is (reported, $metadata and service fields ignored).
-	_, tw, _ = svc.do("GET", "/twins/d1", nil)
+	_, tw, _ = svc.Do("GET", "/twins/d1", nil)
 	tw["tags"] = map[string]any{"only": true}
 	path(tw, "properties", "desired").(map[string]any)["mode"] = "eco"
 	delete(path(tw, "properties", "desired").(map[string]any), "rate")
-	code, tw, _ = svc.do("PUT", "/twins/d1", tw, "If-Match", "*")
+	code, tw, _ = svc.Do("PUT", "/twins/d1", tw, "If-Match", "*")
 	if code != 200 || path(tw, "tags", "site") != nil || path(tw, "tags", "only") != true ||
 		path(tw, "properties", "desired", "rate") != nil || path(tw, "properties", "desired", "mode") != "eco" || path(tw, "properties", "desired", "$version") != float64(3) {
 		t.Errorf("PUT: %d %v", code, tw)
 	}
 
 	// Module twins are separate documents.
-	code, mt, _ := svc.do("PATCH", "/twins/d1/modules/m1", map[string]any{"properties": map[string]any{"desired": map[string]any{"m": 1}}})
+	code, mt, _ := svc.Do("PATCH", "/twins/d1/modules/m1", map[string]any{"properties": map[string]any{"desired": map[string]any{"m": 1}}})
 	if code != 200 || mt["moduleId"] != "m1" || mt["deviceId"] != "d1" || path(mt, "properties", "desired", "m") != float64(1) || mt["version"] != float64(2) {
 		t.Errorf("module PATCH: %d %v", code, mt)
 	}
-	_, tw, _ = svc.do("GET", "/twins/d1", nil)
+	_, tw, _ = svc.Do("GET", "/twins/d1", nil)
 	if path(tw, "properties", "desired", "m") != nil {
 		t.Error("module write reached the device twin")
 	}
@@ -108,13 +109,13 @@ func TestTwinREST(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			code, body, _ := svc.do(tc.method, tc.path, tc.body)
+			code, body, _ := svc.Do(tc.method, tc.path, tc.body)
 			if code != tc.status || errorCode(body) != tc.code {
 				t.Errorf("%d %v, want %d %s", code, body, tc.status, tc.code)
 			}
 		})
 	}
-	_, after, _ := svc.do("GET", "/twins/d1", nil)
+	_, after, _ := svc.Do("GET", "/twins/d1", nil)
 	if after["version"] != float64(3) {
 		t.Errorf("refused writes changed the twin: version %v", after["version"])
 	}
@@ -122,10 +123,10 @@ func TestTwinREST(t *testing.T) {
 	// Ids with characters that must be escaped in a path (the SDKs use
 	// encodeURIComponent) reach the right twin.
 	const odd = "x:y+z#1(ok)?"
-	if code, body, _ := svc.do("PUT", "/devices/"+url.PathEscape(odd), map[string]any{"deviceId": odd}); code != 200 {
+	if code, body, _ := svc.Do("PUT", "/devices/"+url.PathEscape(odd), map[string]any{"deviceId": odd}); code != 200 {
 		t.Fatalf("create %q: %d %v", odd, code, body)
 	}
-	code, tw, _ = svc.do("PATCH", "/twins/"+url.PathEscape(odd), map[string]any{"tags": map[string]any{"odd": true}})
+	code, tw, _ = svc.Do("PATCH", "/twins/"+url.PathEscape(odd), map[string]any{"tags": map[string]any{"odd": true}})
 	if code != 200 || tw["deviceId"] != odd || path(tw, "tags", "odd") != true {
 		t.Errorf("twin of %q: %d %v", odd, code, tw)
 	}
@@ -147,7 +148,7 @@ func TestTwinRESTAuthorization(t *testing.T) {
 		{"registryRead", newService(t, s, auth.PolicyRegistryRead, auth.DevRegistryReadPrimaryKey), 200, 401, 200, 401},
 		{"registryReadWrite", newService(t, s, auth.PolicyRegistryReadWrite, auth.DevRegistryReadWritePrimaryKey), 200, 401, 200, 401},
 		{"device policy", newService(t, s, auth.PolicyDevice, auth.DevDevicePrimaryKey), 401, 401, 401, 401},
-		{"no token", &service{t: t, base: owner(t, s).base, client: owner(t, s).client}, 401, 401, 401, 401},
+		{"no token", servertest.NewRESTAt(t, owner(t, s).Base(), "", owner(t, s).HTTPClient()), 401, 401, 401, 401},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -162,7 +163,7 @@ func TestTwinRESTAuthorization(t *testing.T) {
 				{"GET", "/twins/d1/modules/m1", nil, tc.modRead},
 				{"PATCH", "/twins/d1/modules/m1", patch, tc.modW},
 			} {
-				code, body, _ := tc.svc.do(c.method, c.path, c.body)
+				code, body, _ := tc.svc.Do(c.method, c.path, c.body)
 				if code != c.want {
 					t.Errorf("%s %s: %d %v, want %d", c.method, c.path, code, body, c.want)
 				}
