@@ -1,6 +1,7 @@
 package jsc2d
 
 import (
+	"bytes"
 	"encoding/json"
 	"reflect"
 	"testing"
@@ -84,4 +85,45 @@ func TestCodecRejectsDamage(t *testing.T) {
 			t.Fatalf("a value cut to %d of %d bytes decoded without error", n, len(b))
 		}
 	}
+}
+
+// FuzzDecodeQueue: any stored value decodes to an error or to a queue that
+// encodes and decodes again to itself; it never panics or allocates without
+// bound (counts are checked against the bytes left).
+func FuzzDecodeQueue(f *testing.F) {
+	bin, err := encodeQ(sampleQ())
+	if err != nil {
+		f.Fatal(err)
+	}
+	js, err := json.Marshal(sampleQ())
+	if err != nil {
+		f.Fatal(err)
+	}
+	empty, err := encodeQ(&qval{ID: "q"})
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(bin)
+	f.Add(js)
+	f.Add(empty)
+	f.Add(bin[:len(bin)/2])
+	f.Fuzz(func(t *testing.T, data []byte) {
+		v, err := decodeQ(data)
+		if err != nil {
+			return
+		}
+		again, err := encodeQ(v)
+		if err != nil {
+			t.Fatalf("a decoded value does not encode: %v", err)
+		}
+		w, err := decodeQ(again)
+		if err != nil {
+			t.Fatalf("re-encoded value does not decode: %v", err)
+		}
+		// The binary form is canonical: a second round trip is the same.
+		third, err := encodeQ(w)
+		if err != nil || !bytes.Equal(again, third) {
+			t.Fatalf("round trip changed the value (%v):\n%+v\n%+v", err, v, w)
+		}
+	})
 }
