@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -13,6 +14,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"amqphub/store/c2d"
@@ -442,21 +444,69 @@ func (s *Store) snapshot(id string) (*qval, uint64, bool) {
 func (s *Store) fetch(ctx context.Context, id string) (*qval, uint64, error) {
 	c, cancel := context.WithTimeout(ctx, s.opts.Timeout)
 	defer cancel()
-	e, err := s.kv.Get(c, queueKey(id))
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return &qval{ID: id}, 0, nil
-	}
+	data, rev, found, err := s.getFromLeader(c, queueKey(id))
 	if err != nil {
 		return nil, 0, fmt.Errorf("read queue: %w", err)
 	}
-	v, err := decodeQ(e.Value())
+	if !found {
+		return &qval{ID: id}, rev, nil
+	}
+	v, err := decodeQ(data)
 	if err != nil {
 		return nil, 0, err
 	}
 	s.mu.Lock()
-	s.putLocked(id, e.Revision(), v)
+	s.putLocked(id, rev, v)
 	s.mu.Unlock()
-	return v, e.Revision(), nil
+	return v, rev, nil
+}
+
+// getFromLeader reads the latest value of key from the bucket stream's
+// leader. kv.Get is a direct get that any replica may answer, and a
+// replica that lags (as after a leader change) returns an older revision;
+// a fresh read exists to see what the cache may have missed, so it asks
+// the one replica that has every acknowledged write. found is false for a
+// key never written or deleted (rev 0: the write is a create).
+func (s *Store) getFromLeader(ctx context.Context, key string) (data []byte, rev uint64, found bool, err error) {
+	bucket := s.kv.Bucket()
+	req, _ := json.Marshal(map[string]string{"last_by_subj": "$KV." + bucket + "." + key})
+	msg, err := s.js.Conn().RequestWithContext(ctx, "$JS.API.STREAM.MSG.GET.KV_"+bucket, req)
+	if err != nil {
+		return nil, 0, false, err
+	}
+	var resp struct {
+		Message *struct {
+			Seq  uint64 `json:"seq"`
+			Hdrs []byte `json:"hdrs"`
+			Data []byte `json:"data"`
+		} `json:"message"`
+		Error *struct {
+			Code        int    `json:"code"`
+			ErrCode     int    `json:"err_code"`
+			Description string `json:"description"`
+		} `json:"error"`
+	}
+	if err := json.Unmarshal(msg.Data, &resp); err != nil {
+		return nil, 0, false, fmt.Errorf("message get reply: %w", err)
+	}
+	if resp.Error != nil {
+		if resp.Error.ErrCode == int(jetstream.JSErrCodeMessageNotFound) {
+			return nil, 0, false, nil
+		}
+		return nil, 0, false, fmt.Errorf("message get: %s (%d)", resp.Error.Description, resp.Error.ErrCode)
+	}
+	if resp.Message == nil {
+		return nil, 0, false, errors.New("message get: empty reply")
+	}
+	if len(resp.Message.Hdrs) > 0 {
+		h, err := nats.DecodeHeadersMsg(resp.Message.Hdrs)
+		if err == nil {
+			if op := h.Get("KV-Operation"); op == "DEL" || op == "PURGE" {
+				return nil, 0, false, nil // kv.Create takes a deleted key
+			}
+		}
+	}
+	return resp.Message.Data, resp.Message.Seq, true, nil
 }
 
 // tx is what a mutation sees besides the value.
