@@ -9,7 +9,6 @@ import (
 	"hash/maphash"
 	"log/slog"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/cockroachdb/pebble"
@@ -68,14 +67,7 @@ type PebbleStore struct {
 	stripes  [lockStripes]sync.Mutex
 	seed     maphash.Seed
 
-	subMu   sync.Mutex
-	nextSub uint64
-	subs    atomic.Pointer[[]subscriber]
-}
-
-type subscriber struct {
-	id uint64
-	fn func(DesiredChange)
+	subs Subscribers
 }
 
 var _ Store = (*PebbleStore)(nil)
@@ -108,7 +100,6 @@ func OpenPebble(dir string, opts PebbleOptions) (*PebbleStore, error) {
 	if s.now == nil {
 		s.now = time.Now
 	}
-	s.subs.Store(&[]subscriber{})
 	return s, nil
 }
 
@@ -235,9 +226,7 @@ func (s *PebbleStore) write(ctx context.Context, id ID, generation string, apply
 		return Twin{}, fmt.Errorf("write twin %s: %w", id, err)
 	}
 	if change != nil {
-		for _, sub := range *s.subs.Load() {
-			sub.fn(*change)
-		}
+		s.subs.Announce(*change)
 	}
 	return t, nil
 }
@@ -280,24 +269,7 @@ func (s *PebbleStore) DeleteDevice(ctx context.Context, deviceID string) error {
 
 // SubscribeDesired implements Store.
 func (s *PebbleStore) SubscribeDesired(fn func(DesiredChange)) (cancel func()) {
-	s.subMu.Lock()
-	defer s.subMu.Unlock()
-	s.nextSub++
-	id := s.nextSub
-	subs := append(append([]subscriber(nil), *s.subs.Load()...), subscriber{id: id, fn: fn})
-	s.subs.Store(&subs)
-	return func() {
-		s.subMu.Lock()
-		defer s.subMu.Unlock()
-		cur := *s.subs.Load()
-		next := make([]subscriber, 0, len(cur))
-		for _, sub := range cur {
-			if sub.id != id {
-				next = append(next, sub)
-			}
-		}
-		s.subs.Store(&next)
-	}
+	return s.subs.Add(fn)
 }
 
 // record is the stored form of a twin.

@@ -190,14 +190,7 @@ type Store struct {
 	watchMu     sync.Mutex
 	cc          jetstream.ConsumeContext // the current watch
 
-	subMu   sync.Mutex
-	nextSub uint64
-	subs    atomic.Pointer[[]subscriber]
-}
-
-type subscriber struct {
-	id uint64
-	fn func(twins.DesiredChange)
+	subs twins.Subscribers
 }
 
 // shard is part of the cache.
@@ -255,7 +248,6 @@ func Open(ctx context.Context, js jetstream.JetStream, opts Options) (*Store, er
 	for i := range s.shards {
 		s.shards[i].m = map[string]*entry{}
 	}
-	s.subs.Store(&[]subscriber{})
 	if !s.nc.IsConnected() {
 		return nil, fmt.Errorf("open twin bucket %s: %w", opts.Bucket, ErrUnavailable)
 	}
@@ -555,8 +547,7 @@ func (s *Store) observe(key string, id twins.ID, rev uint64, val []byte, local *
 	if !announce || val == nil {
 		return
 	}
-	subs := *s.subs.Load()
-	if len(subs) == 0 {
+	if !s.subs.Any() {
 		return
 	}
 	change, err := s.changeOf(id, old, ne, local)
@@ -567,9 +558,7 @@ func (s *Store) observe(key string, id twins.ID, rev uint64, val []byte, local *
 	if change == nil {
 		return
 	}
-	for _, sub := range subs {
-		sub.fn(*change)
-	}
+	s.subs.Announce(*change)
 }
 
 // changeOf returns the desired change from old to ne, or nil. It runs
@@ -888,22 +877,5 @@ func (s *Store) DeleteDevice(ctx context.Context, deviceID string) error {
 // SubscribeDesired implements twins.Store. fn runs on the goroutine of
 // the write (local writes) or of the bucket watch (other nodes' writes).
 func (s *Store) SubscribeDesired(fn func(twins.DesiredChange)) (cancel func()) {
-	s.subMu.Lock()
-	defer s.subMu.Unlock()
-	s.nextSub++
-	id := s.nextSub
-	subs := append(append([]subscriber(nil), *s.subs.Load()...), subscriber{id: id, fn: fn})
-	s.subs.Store(&subs)
-	return func() {
-		s.subMu.Lock()
-		defer s.subMu.Unlock()
-		cur := *s.subs.Load()
-		next := make([]subscriber, 0, len(cur))
-		for _, sub := range cur {
-			if sub.id != id {
-				next = append(next, sub)
-			}
-		}
-		s.subs.Store(&next)
-	}
+	return s.subs.Add(fn)
 }

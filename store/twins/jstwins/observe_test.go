@@ -69,7 +69,6 @@ func TestObserveAnnouncements(t *testing.T) {
 			for i := range s.shards {
 				s.shards[i].m = map[string]*entry{}
 			}
-			s.subs.Store(&[]subscriber{})
 			var got []twins.DesiredChange
 			defer s.SubscribeDesired(func(c twins.DesiredChange) { got = append(got, c) })()
 			for i, ev := range tc.events {
