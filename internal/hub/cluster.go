@@ -50,3 +50,15 @@ func (c *Cluster) Subject(tokens ...string) string {
 func SubjectToken(id string) string {
 	return base64.RawURLEncoding.EncodeToString([]byte(id))
 }
+
+// IdentityTokens names a device (moduleID "") or module as two subject or
+// key tokens, "<device>.<module>", with "_" for no module: tokens cannot be
+// empty, and one character is never a base64url encoding, so it cannot be
+// a module's token.
+func IdentityTokens(deviceID, moduleID string) string {
+	m := "_"
+	if moduleID != "" {
+		m = SubjectToken(moduleID)
+	}
+	return SubjectToken(deviceID) + "." + m
+}

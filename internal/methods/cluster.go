@@ -31,11 +31,6 @@ import (
 // away meanwhile) means not online: the caller retries until its connect
 // timeout, waking early when the identity attaches locally.
 
-// noModuleToken stands for "no module" in subjects: subject tokens cannot
-// be empty, and a single character is never a base64url encoding, so it
-// cannot collide with a module id's token.
-const noModuleToken = "_"
-
 // Retry and margin of calls sent to other nodes.
 const (
 	// remotePoll is how often a caller asks again while no node holds
@@ -142,11 +137,7 @@ func (e *Endpoint) Close() error {
 }
 
 func (cs *clusterState) subject(k key) string {
-	mod := noModuleToken
-	if k.module != "" {
-		mod = hub.SubjectToken(k.module)
-	}
-	return cs.c.Subject("methods", hub.SubjectToken(k.device), mod)
+	return cs.c.Subject("methods", hub.IdentityTokens(k.device, k.module))
 }
 
 // subscribeLocked starts answering calls for k. Caller holds e.mu. The

@@ -97,19 +97,12 @@ func openClusterPresence(ctx context.Context, c *hub.Cluster, heartbeat time.Dur
 	return p, nil
 }
 
-func identityKey(deviceID, moduleID string) string {
-	m := "_" // an empty token is not a valid subject token; "_" is no base64url of anything
-	if moduleID != "" {
-		m = hub.SubjectToken(moduleID)
-	}
-	return hub.SubjectToken(deviceID) + "." + m
-}
 
 // changed queues this node's new presence of an identity (hub.Config.OnPresence).
 func (p *clusterPresence) changed(deviceID, moduleID string, pr hub.Presence) {
 	v, _ := json.Marshal(presenceRecord{Connected: pr.Connected, Updated: pr.Updated.UnixMilli(), LastActivity: pr.LastActivity.UnixMilli()})
 	p.mu.Lock()
-	p.pending["p."+identityKey(deviceID, moduleID)+"."+p.node] = v
+	p.pending["p."+hub.IdentityTokens(deviceID, moduleID)+"."+p.node] = v
 	p.mu.Unlock()
 	select {
 	case p.wake <- struct{}{}:
@@ -221,7 +214,7 @@ func (p *clusterPresence) merge(deviceID, moduleID string, local hub.Presence, o
 	now := p.now()
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	for node, r := range p.remote[identityKey(deviceID, moduleID)] {
+	for node, r := range p.remote[hub.IdentityTokens(deviceID, moduleID)] {
 		if node == p.node {
 			continue // this node's own record: local is fresher
 		}

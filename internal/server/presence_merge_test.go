@@ -42,7 +42,7 @@ func TestPresenceMerge(t *testing.T) {
 			p := &clusterPresence{node: "self", stale: 15 * time.Second, now: func() time.Time { return at(100) },
 				remote: map[string]map[string]presenceRecord{}, beats: map[string]time.Time{}}
 			if tt.remote != nil {
-				p.remote[identityKey("d1", "")] = tt.remote
+				p.remote[hub.IdentityTokens("d1", "")] = tt.remote
 			}
 			for n, s := range tt.beats {
 				p.beats[n] = at(s)
