@@ -97,7 +97,6 @@ func openClusterPresence(ctx context.Context, c *hub.Cluster, heartbeat time.Dur
 	return p, nil
 }
 
-
 // changed queues this node's new presence of an identity (hub.Config.OnPresence).
 func (p *clusterPresence) changed(deviceID, moduleID string, pr hub.Presence) {
 	v, _ := json.Marshal(presenceRecord{Connected: pr.Connected, Updated: pr.Updated.UnixMilli(), LastActivity: pr.LastActivity.UnixMilli()})
