@@ -170,6 +170,13 @@ func TestStampAnnotationsMalformed(t *testing.T) {
 		{"bad descriptor", section(frames.CodeValue, encoding.TypeDescribed, encoding.TypeTrue, encoding.TypeNull)},
 		{"invalid code", section(frames.CodeValue, 0xff)},
 		{"bad char", section(frames.CodeValue, encoding.TypeChar, 0, 0x11, 0, 0)},
+		// Found by FuzzStampAnnotations: compound map keys cannot be decoded.
+		{"footer list key", section(frames.CodeFooter, encoding.TypeMap8, 12, 2,
+			encoding.TypeList8, 6, 2, encoding.TypeSmallUint, 0x30, encoding.TypeVbin8, 1, '0', encoding.TypeVbin8, 1, '0')},
+		{"annotations map key", cat(section(frames.CodeMessageAnn, encoding.TypeMap8, 5, 2, encoding.TypeMap8, 1, 0, encoding.TypeNull), data)},
+		{"nested list0 key", section(frames.CodeValue, encoding.TypeMap8, 3, 2, encoding.TypeList0, encoding.TypeNull)},
+		{"nested described key", section(frames.CodeValue, encoding.TypeList8, 9, 1,
+			encoding.TypeMap8, 6, 2, encoding.TypeDescribed, encoding.TypeSmallUlong, 1, encoding.TypeNull, encoding.TypeNull)},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -217,7 +217,8 @@ func checkElems(v []byte, depth int, each func(i int, e []byte) error) error {
 		}
 		count, start = int(n), 9
 	}
-	if (v[0] == encoding.TypeMap8 || v[0] == encoding.TypeMap32) && count%2 != 0 {
+	isMap := v[0] == encoding.TypeMap8 || v[0] == encoding.TypeMap32
+	if isMap && count%2 != 0 {
 		return fmt.Errorf("%w: map with an odd count %d", encoding.ErrBadSize, count)
 	}
 	var r encoding.Reader
@@ -230,6 +231,11 @@ func checkElems(v []byte, depth int, each func(i int, e []byte) error) error {
 		if err := checkValue(e, depth+1); err != nil {
 			return fmt.Errorf("element %d: %w", i, err)
 		}
+		if isMap && i%2 == 0 && !hashableKey(e[0]) {
+			// Decoders that build maps (ours, go-amqp, most others) cannot
+			// use a compound value as a key: the record would be unreadable.
+			return fmt.Errorf("%w: map key %d of type 0x%02x; keys must be scalar", encoding.ErrUnexpected, i/2, e[0])
+		}
 		if each != nil {
 			if err := each(i, e); err != nil {
 				return err
@@ -240,4 +246,16 @@ func checkElems(v []byte, depth int, each func(i int, e []byte) error) error {
 		return fmt.Errorf("%w: %d bytes after the last of %d elements", encoding.ErrBadSize, r.Len(), count)
 	}
 	return nil
+}
+
+// hashableKey reports whether a value with constructor c can be a map key
+// once decoded: lists, maps, arrays and described values cannot.
+func hashableKey(c byte) bool {
+	switch c {
+	case encoding.TypeList0, encoding.TypeList8, encoding.TypeList32,
+		encoding.TypeMap8, encoding.TypeMap32, encoding.TypeArray8, encoding.TypeArray32,
+		encoding.TypeDescribed:
+		return false
+	}
+	return true
 }
