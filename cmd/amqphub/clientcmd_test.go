@@ -2,7 +2,6 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -10,13 +9,13 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"amqphub/client"
 	"amqphub/internal/auth"
 	"amqphub/internal/server"
+	"amqphub/internal/testutil"
 )
 
 const cliDevKey = "Y2xpLXRlc3QtZGV2aWNlLWtleS0wMTIzNDU2Nzg5YWJj"
@@ -42,28 +41,15 @@ func startCLIHub(t *testing.T) *server.Server {
 	return s
 }
 
-// syncBuffer is a bytes.Buffer safe for a command goroutine and a test.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
-
 // clientCmd runs an AMQP command against s; stdin is empty.
 func clientCmd(t *testing.T, s *server.Server, args ...string) (string, error) {
 	t.Helper()
-	var out, errOut syncBuffer
+	var out, errOut testutil.LockedBuffer
 	err := runClientCmd(s, strings.NewReader(""), &out, &errOut, args...)
 	return out.String(), err
 }
 
-func runClientCmd(s *server.Server, stdin *strings.Reader, stdout, stderr *syncBuffer, args ...string) error {
+func runClientCmd(s *server.Server, stdin *strings.Reader, stdout, stderr *testutil.LockedBuffer, args ...string) error {
 	hub := []string{
 		"--hub", "HostName=localhost;SharedAccessKeyName=iothubowner;SharedAccessKey=" + auth.DevIoTHubOwnerPrimaryKey,
 		"--ca", s.CAFile,
@@ -158,7 +144,7 @@ func TestSendAndMonitor(t *testing.T) {
 
 	// --from latest shows only what is sent after it starts, --from a
 	// time what was enqueued since.
-	var mout, merr syncBuffer
+	var mout, merr testutil.LockedBuffer
 	done := make(chan error, 1)
 	go func() {
 		done <- runClientCmd(s, strings.NewReader(""), &mout, &merr, "monitor", "--count", "1", "--device", "dev1", "--timeout", "20s")
@@ -180,7 +166,7 @@ func TestSendAndMonitor(t *testing.T) {
 	}
 
 	// A long send shows a progress line.
-	var pout, perr syncBuffer
+	var pout, perr testutil.LockedBuffer
 	if err := runClientCmd(s, strings.NewReader(""), &pout, &perr, "send", "--device", "dev1", "--count", "12", "--rate", "8"); err != nil {
 		t.Fatal(err)
 	}
@@ -188,7 +174,7 @@ func TestSendAndMonitor(t *testing.T) {
 		t.Errorf("no progress line on stderr: %q", perr.String())
 	}
 	// Standard input as the body.
-	var sout, serr syncBuffer
+	var sout, serr testutil.LockedBuffer
 	if err := runClientCmd(s, strings.NewReader("from stdin"), &sout, &serr, "send", "--device", "dev2", "--file", "-"); err != nil {
 		t.Fatal(err)
 	}
@@ -239,7 +225,7 @@ func TestClientCommandErrors(t *testing.T) {
 		})
 	}
 	// A hub that is not there: the error says what to do.
-	var out, errOut syncBuffer
+	var out, errOut testutil.LockedBuffer
 	err := sendCmd([]string{"--amqp-addr", "127.0.0.1:1", "--ca", s.CAFile, "--device-connection-string", "HostName=localhost;DeviceId=dev1;SharedAccessKey=" + cliDevKey},
 		strings.NewReader(""), &out, &errOut)
 	if err == nil || !strings.Contains(err.Error(), "is the hub running?") {

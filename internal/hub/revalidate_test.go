@@ -1,7 +1,6 @@
 package hub_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/base64"
 	"errors"
@@ -9,7 +8,6 @@ import (
 	"log/slog"
 	"net/url"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -21,28 +19,17 @@ import (
 	"amqphub/internal/hub"
 	"amqphub/internal/registry"
 	"amqphub/internal/sas"
+	"amqphub/internal/testutil"
 )
 
 const host = "localhost"
-
-type lockedBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuf) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-func (l *lockedBuf) String() string { l.mu.Lock(); defer l.mu.Unlock(); return l.b.String() }
 
 // fixture is a hub with a registry on a test engine.
 type fixture struct {
 	reg  *registry.PebbleStore
 	hub  *hub.Hub
 	srv  *amqptest.Server
-	logs *lockedBuf
+	logs *testutil.LockedBuffer
 }
 
 // acceptAll accepts every authorized link.
@@ -73,7 +60,7 @@ func newFixture(t testing.TB, mod func(*hub.Config)) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	logs := &lockedBuf{}
+	logs := &testutil.LockedBuffer{}
 	cfg := hub.Config{
 		Authority:          a,
 		RevalidateInterval: 50 * time.Millisecond,

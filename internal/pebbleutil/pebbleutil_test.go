@@ -1,7 +1,6 @@
 package pebbleutil
 
 import (
-	"bytes"
 	"errors"
 	"log/slog"
 	"runtime"
@@ -10,28 +9,12 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"amqphub/internal/testutil"
 )
 
-// syncBuffer is a log sink for handlers used from several goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-func testLogger() (*slog.Logger, *syncBuffer) {
-	buf := &syncBuffer{}
+func testLogger() (*slog.Logger, *testutil.LockedBuffer) {
+	buf := &testutil.LockedBuffer{}
 	return slog.New(slog.NewTextHandler(buf, &slog.HandlerOptions{Level: slog.LevelDebug})), buf
 }
 

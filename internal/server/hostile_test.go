@@ -25,6 +25,7 @@ import (
 	"amqphub/internal/auth"
 	"amqphub/internal/registry"
 	"amqphub/internal/server"
+	"amqphub/internal/testutil"
 )
 
 // These tests play hostile clients and registry changes against a whole
@@ -443,7 +444,7 @@ func TestTokenRefusalsCBSAndREST(t *testing.T) {
 // API (good and bad tokens, responses carrying keys), the service-side
 // C2D link, and revocations, at debug level.
 func TestNoSecretsInLogsRESTAndC2D(t *testing.T) {
-	var logs syncBuf
+	var logs testutil.LockedBuffer
 	s := startRealHub(t, func(o *server.Options) {
 		o.Logger = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	})

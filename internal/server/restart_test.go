@@ -1,30 +1,21 @@
 package server_test
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"log/slog"
 	"net/url"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"amqphub/internal/auth"
 	"amqphub/internal/registry"
 	"amqphub/internal/server"
+	"amqphub/internal/testutil"
 	"amqphub/internal/tlsutil"
 )
-
-type syncBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuf) Write(p []byte) (int, error) { s.mu.Lock(); defer s.mu.Unlock(); return s.b.Write(p) }
-func (s *syncBuf) String() string              { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
 
 // TestRegistrySurvivesRestart: devices created through the store are there
 // after the hub stops and starts on the same data directory.
@@ -65,7 +56,7 @@ func TestRegistrySurvivesRestart(t *testing.T) {
 // TestNoSecretsInLogs drives successful and failed authentications at
 // debug level and checks that no key, token or signature reaches the log.
 func TestNoSecretsInLogs(t *testing.T) {
-	var logs syncBuf
+	var logs testutil.LockedBuffer
 	s := startAuthHub(t, func(o *server.Options) {
 		o.Logger = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	})
