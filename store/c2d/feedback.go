@@ -9,7 +9,7 @@ import (
 // addFeedbackLocked records m's outcome when its ack mode asks for it. The
 // record joins the batch of the state change, so both commit or neither.
 func (s *PebbleStore) addFeedbackLocked(m *msg, st FeedbackStatus, now time.Time) {
-	if !m.h.ack.wants(st) {
+	if !m.h.ack.Wants(st) {
 		return
 	}
 	fr := &fbRecord{

@@ -19,7 +19,7 @@ import (
 // expired or was replaced gives ErrLockLost; an unknown one ErrNotFound.
 // Later settlements with token give ErrLockLost.
 func (s *PebbleStore) Release(ctx context.Context, queueID string, token LockToken) error {
-	if err := validQueueID(queueID); err != nil {
+	if err := ValidQueueID(queueID); err != nil {
 		return fmt.Errorf("c2d: release: %w", err)
 	}
 	if err := s.writable(); err != nil {
@@ -110,7 +110,7 @@ func (s *PebbleStore) Generations(ctx context.Context) (map[string][]string, err
 // are removed too: settling such a batch skips them. Tokens of removed
 // messages give ErrLockLost afterwards.
 func (s *PebbleStore) DropGenerations(ctx context.Context, queueID, keep string) (int, error) {
-	if err := validQueueID(queueID); err != nil {
+	if err := ValidQueueID(queueID); err != nil {
 		return 0, fmt.Errorf("c2d: drop generations: %w", err)
 	}
 	if err := s.writable(); err != nil {

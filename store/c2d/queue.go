@@ -10,7 +10,9 @@ import (
 	"github.com/cockroachdb/pebble"
 )
 
-func validQueueID(queueID string) error {
+// ValidQueueID checks a queue id as every store does: not empty, at most
+// MaxIDBytes.
+func ValidQueueID(queueID string) error {
 	if queueID == "" {
 		return fmt.Errorf("empty queue id: %w", ErrInvalid)
 	}
@@ -20,7 +22,9 @@ func validQueueID(queueID string) error {
 	return nil
 }
 
-func (s *PebbleStore) validNew(m *NewMessage) error {
+// CheckNew checks a message before it is enqueued: a known ack mode, ids
+// within MaxIDBytes and a body within c.MaxMessageBytes.
+func (c *Config) CheckNew(m *NewMessage) error {
 	if !m.Ack.valid() {
 		return fmt.Errorf("ack mode %d: %w", m.Ack, ErrInvalid)
 	}
@@ -31,8 +35,8 @@ func (s *PebbleStore) validNew(m *NewMessage) error {
 			return fmt.Errorf("%s of %d bytes exceeds %d: %w", f.name, len(f.v), MaxIDBytes, ErrInvalid)
 		}
 	}
-	if len(m.Body) > s.cfg.MaxMessageBytes {
-		return fmt.Errorf("body of %d bytes exceeds %d: %w", len(m.Body), s.cfg.MaxMessageBytes, ErrInvalid)
+	if len(m.Body) > c.MaxMessageBytes {
+		return fmt.Errorf("body of %d bytes exceeds %d: %w", len(m.Body), c.MaxMessageBytes, ErrInvalid)
 	}
 	return nil
 }
@@ -174,10 +178,10 @@ func (q *queue) addMsg(m *msg) {
 
 // Enqueue implements Store.
 func (s *PebbleStore) Enqueue(ctx context.Context, queueID string, nm NewMessage) (uint64, error) {
-	if err := validQueueID(queueID); err != nil {
+	if err := ValidQueueID(queueID); err != nil {
 		return 0, fmt.Errorf("c2d: enqueue: %w", err)
 	}
-	if err := s.validNew(&nm); err != nil {
+	if err := s.cfg.CheckNew(&nm); err != nil {
 		return 0, fmt.Errorf("c2d: enqueue to %q: %w", queueID, err)
 	}
 	if err := s.writable(); err != nil {
@@ -246,7 +250,7 @@ func (s *PebbleStore) Enqueue(ctx context.Context, queueID string, nm NewMessage
 // message anyway, and a message it cannot complete only comes back later
 // as a duplicate.
 func (s *PebbleStore) Lock(ctx context.Context, queueID string) (Message, bool, error) {
-	if err := validQueueID(queueID); err != nil {
+	if err := ValidQueueID(queueID); err != nil {
 		return Message{}, false, fmt.Errorf("c2d: lock: %w", err)
 	}
 	if err := s.writable(); err != nil {
@@ -346,7 +350,7 @@ func (s *PebbleStore) readBody(queueID string, seq uint64) ([]byte, error) {
 // channel that never fires.
 func (s *PebbleStore) Watch(queueID string) (<-chan struct{}, func()) {
 	ch := make(chan struct{}, 1)
-	if validQueueID(queueID) != nil {
+	if ValidQueueID(queueID) != nil {
 		return ch, func() {}
 	}
 	s.mu.Lock()
@@ -399,7 +403,7 @@ func (s *PebbleStore) Reject(ctx context.Context, queueID string, token LockToke
 
 func (s *PebbleStore) settle(ctx context.Context, queueID string, token LockToken, kind settleKind) error {
 	op := settleNames[kind]
-	if err := validQueueID(queueID); err != nil {
+	if err := ValidQueueID(queueID); err != nil {
 		return fmt.Errorf("c2d: %s: %w", op, err)
 	}
 	if err := s.writable(); err != nil {
@@ -462,7 +466,7 @@ func (s *PebbleStore) settle(ctx context.Context, queueID string, token LockToke
 
 // Purge implements Store.
 func (s *PebbleStore) Purge(ctx context.Context, queueID string) (int, error) {
-	if err := validQueueID(queueID); err != nil {
+	if err := ValidQueueID(queueID); err != nil {
 		return 0, fmt.Errorf("c2d: purge: %w", err)
 	}
 	if err := s.writable(); err != nil {
@@ -491,7 +495,7 @@ func (s *PebbleStore) Purge(ctx context.Context, queueID string) (int, error) {
 
 // DeleteQueue implements Store.
 func (s *PebbleStore) DeleteQueue(ctx context.Context, queueID string) error {
-	if err := validQueueID(queueID); err != nil {
+	if err := ValidQueueID(queueID); err != nil {
 		return fmt.Errorf("c2d: delete queue: %w", err)
 	}
 	if err := s.writable(); err != nil {
@@ -522,7 +526,7 @@ func (s *PebbleStore) DeleteQueue(ctx context.Context, queueID string) error {
 
 // Pending implements Store.
 func (s *PebbleStore) Pending(ctx context.Context, queueID string) (Counts, error) {
-	if err := validQueueID(queueID); err != nil {
+	if err := ValidQueueID(queueID); err != nil {
 		return Counts{}, fmt.Errorf("c2d: pending: %w", err)
 	}
 	s.mu.Lock()

@@ -81,8 +81,8 @@ func ParseAckMode(s string) (AckMode, error) {
 
 func (a AckMode) valid() bool { return a <= AckFull }
 
-// wants reports whether a final outcome with status st produces feedback.
-func (a AckMode) wants(st FeedbackStatus) bool {
+// Wants reports whether a final outcome with status st produces feedback.
+func (a AckMode) Wants(st FeedbackStatus) bool {
 	if st == StatusSuccess {
 		return a == AckPositive || a == AckFull
 	}

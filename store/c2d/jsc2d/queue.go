@@ -18,23 +18,6 @@ var _ c2d.Store = (*Store)(nil)
 // but it has room.
 var errNeedBody = errors.New("body needed")
 
-func (s *Store) validNew(m *c2d.NewMessage) error {
-	if m.Ack > c2d.AckFull {
-		return fmt.Errorf("ack mode %d: %w", m.Ack, c2d.ErrInvalid)
-	}
-	for _, f := range []struct{ name, v string }{
-		{"device id", m.DeviceID}, {"generation id", m.GenerationID}, {"message id", m.MessageID},
-	} {
-		if len(f.v) > c2d.MaxIDBytes {
-			return fmt.Errorf("%s of %d bytes exceeds %d: %w", f.name, len(f.v), c2d.MaxIDBytes, c2d.ErrInvalid)
-		}
-	}
-	if len(m.Body) > s.cfg.MaxMessageBytes {
-		return fmt.Errorf("body of %d bytes exceeds %d: %w", len(m.Body), s.cfg.MaxMessageBytes, c2d.ErrInvalid)
-	}
-	return nil
-}
-
 // liveCount counts the queue's unexpired messages, which MaxDepth bounds.
 func liveCount(v *qval, now int64) int {
 	n := 0
@@ -49,10 +32,10 @@ func liveCount(v *qval, now int64) int {
 // Enqueue implements c2d.Store. The body is stored first, in the bodies
 // stream; the message exists once the queue value that names it is written.
 func (s *Store) Enqueue(ctx context.Context, queueID string, nm c2d.NewMessage) (uint64, error) {
-	if err := validQueueID(queueID); err != nil {
+	if err := c2d.ValidQueueID(queueID); err != nil {
 		return 0, opErr("enqueue", "", err)
 	}
-	if err := s.validNew(&nm); err != nil {
+	if err := s.cfg.CheckNew(&nm); err != nil {
 		return 0, opErr("enqueue", queueID, err)
 	}
 	if err := s.begin(ctx); err != nil {
@@ -161,7 +144,7 @@ func (s *Store) getBody(ctx context.Context, seq uint64) ([]byte, error) {
 // on another node an instant ago may not be seen yet, but then the watch
 // signal follows as soon as it is.
 func (s *Store) Lock(ctx context.Context, queueID string) (c2d.Message, bool, error) {
-	if err := validQueueID(queueID); err != nil {
+	if err := c2d.ValidQueueID(queueID); err != nil {
 		return c2d.Message{}, false, opErr("lock", "", err)
 	}
 	if err := s.begin(ctx); err != nil {
@@ -241,7 +224,7 @@ func message(queueID string, h *hdr) c2d.Message {
 // watcher: a change made on any node signals it.
 func (s *Store) Watch(queueID string) (<-chan struct{}, func()) {
 	ch := make(chan struct{}, 1)
-	if validQueueID(queueID) != nil {
+	if c2d.ValidQueueID(queueID) != nil {
 		return ch, func() {}
 	}
 	s.mu.Lock()
@@ -317,7 +300,7 @@ func (s *Store) Release(ctx context.Context, queueID string, token c2d.LockToken
 
 func (s *Store) settle(ctx context.Context, queueID string, token c2d.LockToken, kind settleKind) error {
 	op := settleNames[kind]
-	if err := validQueueID(queueID); err != nil {
+	if err := c2d.ValidQueueID(queueID); err != nil {
 		return opErr(op, "", err)
 	}
 	if err := s.begin(ctx); err != nil {
@@ -368,7 +351,7 @@ func (s *Store) settle(ctx context.Context, queueID string, token c2d.LockToken,
 
 // Purge implements c2d.Store.
 func (s *Store) Purge(ctx context.Context, queueID string) (int, error) {
-	if err := validQueueID(queueID); err != nil {
+	if err := c2d.ValidQueueID(queueID); err != nil {
 		return 0, opErr("purge", "", err)
 	}
 	if err := s.begin(ctx); err != nil {
@@ -393,7 +376,7 @@ func (s *Store) Purge(ctx context.Context, queueID string) (int, error) {
 // DeleteQueue implements c2d.Store. The key stays, with only its sequence
 // counters, so that sequence numbers never go back.
 func (s *Store) DeleteQueue(ctx context.Context, queueID string) error {
-	if err := validQueueID(queueID); err != nil {
+	if err := c2d.ValidQueueID(queueID); err != nil {
 		return opErr("delete queue", "", err)
 	}
 	if err := s.begin(ctx); err != nil {
@@ -422,7 +405,7 @@ func (s *Store) DeleteQueue(ctx context.Context, queueID string) error {
 // feedback records whose generation id differs from keep (all when keep is
 // empty), as c2d.PebbleStore.DropGenerations.
 func (s *Store) DropGenerations(ctx context.Context, queueID, keep string) (int, error) {
-	if err := validQueueID(queueID); err != nil {
+	if err := c2d.ValidQueueID(queueID); err != nil {
 		return 0, opErr("drop generations", "", err)
 	}
 	if err := s.begin(ctx); err != nil {
@@ -459,7 +442,7 @@ func (s *Store) DropGenerations(ctx context.Context, queueID, keep string) (int,
 
 // Pending implements c2d.Store, from the node-local cache.
 func (s *Store) Pending(ctx context.Context, queueID string) (c2d.Counts, error) {
-	if err := validQueueID(queueID); err != nil {
+	if err := c2d.ValidQueueID(queueID); err != nil {
 		return c2d.Counts{}, opErr("pending", "", err)
 	}
 	if err := s.begin(ctx); err != nil {

@@ -583,16 +583,6 @@ func (s *Store) Close() error {
 	return nil
 }
 
-func validQueueID(id string) error {
-	if id == "" {
-		return fmt.Errorf("empty queue id: %w", c2d.ErrInvalid)
-	}
-	if len(id) > c2d.MaxIDBytes {
-		return fmt.Errorf("queue id of %d bytes exceeds %d: %w", len(id), c2d.MaxIDBytes, c2d.ErrInvalid)
-	}
-	return nil
-}
-
 // opErr wraps err with the operation and queue.
 func opErr(op, id string, err error) error {
 	if id == "" {

@@ -101,14 +101,6 @@ func (h *hdr) available(now int64) bool {
 func (f *fbrec) live(now int64) bool      { return now < f.Exp }
 func (f *fbrec) available(now int64) bool { return f.live(now) && (len(f.Tok) == 0 || now >= f.Until) }
 
-// wants reports whether ack asks for feedback with status st.
-func wants(ack c2d.AckMode, st c2d.FeedbackStatus) bool {
-	if st == c2d.StatusSuccess {
-		return ack == c2d.AckPositive || ack == c2d.AckFull
-	}
-	return ack == c2d.AckNegative || ack == c2d.AckFull
-}
-
 func (v *qval) hasAvailable(now int64) bool {
 	for i := range v.Msgs {
 		if v.Msgs[i].available(now) {
@@ -169,7 +161,7 @@ type change struct {
 
 // feedback appends h's outcome when its ack mode asks for it.
 func (v *qval) feedback(cfg *c2d.Config, h *hdr, st c2d.FeedbackStatus, now int64) {
-	if !wants(c2d.AckMode(h.Ack), st) {
+	if !c2d.AckMode(h.Ack).Wants(st) {
 		return
 	}
 	v.FSeq++
