@@ -14,25 +14,14 @@ import (
 	"amqphub/amqp/amqptest"
 	"amqphub/internal/c2dsvc"
 	"amqphub/internal/hub"
-	"amqphub/internal/pebbleutil"
+	"amqphub/internal/pebbleutil/pebbleutiltest"
 	"amqphub/internal/server"
 	"amqphub/store/c2d"
 )
 
-// fakeDisk is the C2D store's injected statfs.
-type fakeDisk struct {
-	free  atomic.Uint64
-	calls atomic.Int64 // free-space checks so far
-}
-
-func (d *fakeDisk) statfs(string) (uint64, error) {
-	d.calls.Add(1)
-	return d.free.Load(), nil
-}
-
 // startHubOnStore starts a hub whose C2D endpoints are served by a service
 // on a store whose disk guard reads free space from disk.
-func startHubOnStore(t *testing.T, disk *fakeDisk) (*server.Server, *c2d.PebbleStore) {
+func startHubOnStore(t *testing.T, disk *pebbleutiltest.Disk) (*server.Server, *c2d.PebbleStore) {
 	t.Helper()
 	var svc atomic.Pointer[c2dsvc.Service]
 	forward := func(k hub.Kind) hub.Endpoint {
@@ -49,13 +38,9 @@ func startHubOnStore(t *testing.T, disk *fakeDisk) (*server.Server, *c2d.PebbleS
 		}
 	})
 	st, err := c2d.OpenPebble("c2d", c2d.PebbleOptions{
-		InMemory: true,
-		Config:   c2d.Config{Logger: amqptest.TestLogger(t)},
-		DiskGuard: pebbleutil.GuardOptions{
-			Reserve:  1 << 20,
-			Interval: -1,
-			StatFS:   disk.statfs,
-		},
+		InMemory:  true,
+		Config:    c2d.Config{Logger: amqptest.TestLogger(t)},
+		DiskGuard: disk.Options(),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -79,9 +64,7 @@ func startHubOnStore(t *testing.T, disk *fakeDisk) (*server.Server, *c2d.PebbleS
 // link with the same error; when space returns everything resumes without a
 // restart.
 func TestNoSpace(t *testing.T) {
-	disk := &fakeDisk{}
-	free := &disk.free
-	free.Store(1 << 30)
+	disk := pebbleutiltest.NewDisk()
 	s, st := startHubOnStore(t, disk)
 	snd := c2dSender(t, serviceConn(t, s))
 	dev := deviceConn(t, s, "d1", "")
@@ -89,7 +72,7 @@ func TestNoSpace(t *testing.T) {
 	ctx := context.Background()
 
 	// A send while the disk is full is rejected; nothing is queued.
-	free.Store(1000)
+	disk.Full()
 	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	err := snd.Send(sctx, c2dMessage(to, "refused", "", "x"), nil)
 	cancel()
@@ -101,7 +84,7 @@ func TestNoSpace(t *testing.T) {
 	}
 
 	// Space returns: the same link's next send is accepted.
-	free.Store(1 << 30)
+	disk.Freed()
 	send(t, snd, c2dMessage(to, "m1", "", "one"))
 	if c, err := st.Pending(ctx, "d1"); err != nil || c != (c2d.Counts{Enqueued: 1}) {
 		t.Fatalf("Pending after an accepted send = %+v, %v", c, err)
@@ -109,18 +92,18 @@ func TestNoSpace(t *testing.T) {
 
 	// A device attaching while the disk is full gets nothing until space
 	// returns (locking writes), then gets the message.
-	free.Store(1000)
-	checks := disk.calls.Load()
+	disk.Full()
+	checks := disk.Checks()
 	r := receiver(t, dev, to, 10, false)
-	waitUntil(t, "the device link's refused lock", func() bool { return disk.calls.Load() > checks })
-	free.Store(1 << 30)
+	waitUntil(t, "the device link's refused lock", func() bool { return disk.Checks() > checks })
+	disk.Freed()
 	m1 := receive(t, r)
 	if string(m1.GetData()) != "one" {
 		t.Fatalf("received %q", m1.GetData())
 	}
 
 	// An outcome the store cannot record detaches the device's link.
-	free.Store(1000)
+	disk.Full()
 	settle(t, r, m1, "accept")
 	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
@@ -132,7 +115,7 @@ func TestNoSpace(t *testing.T) {
 
 	// Space returns: a new link gets new messages (m1 stays locked until
 	// its lock expires, then comes again, as in IoT Hub).
-	free.Store(1 << 30)
+	disk.Freed()
 	send(t, snd, c2dMessage(to, "m2", "", "two"))
 	r2 := receiver(t, dev, to, 10, false)
 	m2 := receive(t, r2)

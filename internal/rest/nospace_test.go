@@ -5,10 +5,9 @@ import (
 	"reflect"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 
-	"amqphub/internal/pebbleutil"
+	"amqphub/internal/pebbleutil/pebbleutiltest"
 	"amqphub/internal/registry"
 )
 
@@ -16,17 +15,12 @@ import (
 // ServiceUnavailable in IoT Hub's error shape with Retry-After, reads keep
 // working, and once space returns the same create succeeds.
 func TestRegistryNoSpace(t *testing.T) {
-	var free atomic.Uint64
-	free.Store(1 << 30)
-	e := newEnvWith(t, registry.PebbleOptions{DiskGuard: pebbleutil.GuardOptions{
-		Reserve:  1 << 20,
-		Interval: -1,
-		StatFS:   func(string) (uint64, error) { return free.Load(), nil },
-	}}, nil)
+	disk := pebbleutiltest.NewDisk()
+	e := newEnvWith(t, registry.PebbleOptions{DiskGuard: disk.Options()}, nil)
 	tok := ownerToken(t)
 	decodeDevice(t, e.do("PUT", "/devices/old", tok, map[string]any{}, nil))
 
-	free.Store(1000)
+	disk.Full()
 	for _, req := range []struct{ method, path string }{
 		{"PUT", "/devices/new"},
 		{"POST", "/devices"},
@@ -50,7 +44,7 @@ func TestRegistryNoSpace(t *testing.T) {
 	decodeDevice(t, e.do("GET", "/devices/old", tok, nil, nil))
 	wantError(t, e.do("GET", "/devices/new", tok, nil, nil), http.StatusNotFound, CodeDeviceNotFound)
 
-	free.Store(1 << 30)
+	disk.Freed()
 	if d := decodeDevice(t, e.do("PUT", "/devices/new", tok, map[string]any{}, nil)); d.DeviceID != "new" {
 		t.Fatalf("created %+v", d)
 	}

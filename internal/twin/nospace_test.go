@@ -13,7 +13,7 @@ import (
 	"amqphub/amqp"
 	"amqphub/amqp/amqptest"
 	"amqphub/internal/hub"
-	"amqphub/internal/pebbleutil"
+	"amqphub/internal/pebbleutil/pebbleutiltest"
 	"amqphub/internal/server"
 	"amqphub/internal/twin"
 	"amqphub/store/twins"
@@ -24,8 +24,7 @@ import (
 // SDKs' way) and as amqp:internal-error on an unsettled one; reads go on;
 // when space returns the same links patch again.
 func TestNoSpaceOverAMQP(t *testing.T) {
-	var free atomic.Uint64
-	free.Store(1 << 30)
+	disk := pebbleutiltest.NewDisk()
 	var ep atomic.Pointer[twin.Endpoint]
 	s := startHub(t, func(o *server.Options) {
 		o.Endpoints = map[hub.Kind]hub.Endpoint{
@@ -33,13 +32,9 @@ func TestNoSpaceOverAMQP(t *testing.T) {
 		}
 	})
 	store, err := twins.OpenPebble("twins", twins.PebbleOptions{
-		InMemory: true,
-		Logger:   amqptest.TestLogger(t),
-		DiskGuard: pebbleutil.GuardOptions{
-			Reserve:  1 << 20,
-			Interval: -1,
-			StatFS:   func(string) (uint64, error) { return free.Load(), nil },
-		},
+		InMemory:  true,
+		Logger:    amqptest.TestLogger(t),
+		DiskGuard: disk.Options(),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -58,7 +53,7 @@ func TestNoSpaceOverAMQP(t *testing.T) {
 		t.Fatalf("PATCH with space: status %d", st)
 	}
 
-	free.Store(1000)
+	disk.Full()
 	m := c.call("PATCH", "/properties/reported", "p2", []byte(`{"a":2}`))
 	if st := status(t, m); st != 503 || !strings.Contains(describe(m), "insufficient disk space") {
 		t.Fatalf("pre-settled PATCH while full: %s; want 503 naming the cause", describe(m))
@@ -88,7 +83,7 @@ func TestNoSpaceOverAMQP(t *testing.T) {
 		t.Fatalf("GET while full: %s; want 200 with a = 1", describe(m))
 	}
 
-	free.Store(1 << 30)
+	disk.Freed()
 	m = c.call("PATCH", "/properties/reported", "p4", []byte(`{"a":4}`))
 	if st := status(t, m); st != 204 || version(t, m) != 3 {
 		t.Fatalf("PATCH after space returned: %s; want 204 at version 3", describe(m))

@@ -9,7 +9,10 @@ import (
 
 // Disk is an injected statfs whose free space the test sets: plenty until
 // Full, plenty again after Freed.
-type Disk struct{ free atomic.Uint64 }
+type Disk struct {
+	free   atomic.Uint64
+	checks atomic.Int64
+}
 
 // Plenty and Little are the free space a Disk reports when not full and
 // when full; Reserve (between them) is the reserve Options asks for.
@@ -33,7 +36,14 @@ func (d *Disk) Full() { d.free.Store(Little) }
 func (d *Disk) Freed() { d.free.Store(Plenty) }
 
 // StatFS is the injected statfs.
-func (d *Disk) StatFS(string) (uint64, error) { return d.free.Load(), nil }
+func (d *Disk) StatFS(string) (uint64, error) {
+	d.checks.Add(1)
+	return d.free.Load(), nil
+}
+
+// Checks returns how many times the guard has read the free space, so a
+// test can wait until a write was tried.
+func (d *Disk) Checks() int64 { return d.checks.Load() }
 
 // Options are guard options that read this disk on every check.
 func (d *Disk) Options() pebbleutil.GuardOptions {
