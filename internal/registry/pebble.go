@@ -369,22 +369,11 @@ func (s *PebbleStore) ReplaceDevice(ctx context.Context, d Device, ifMatch strin
 	if !etagMatches(ifMatch, cur.ETag) {
 		return Device{}, fmt.Errorf("device %q: %w", d.DeviceID, ErrPreconditionFailed)
 	}
-	if d, err = prepareDevice(d, &cur.Authentication); err != nil {
+	if d, err = prepareReplacement(d, cur); err != nil {
 		return Device{}, err
 	}
-	etag, err := newETag()
-	if err != nil {
+	if d.ETag, err = newETag(); err != nil {
 		return Device{}, err
-	}
-	d.GenerationID = cur.GenerationID
-	d.ETag = etag
-	d.ConnectionState = cur.ConnectionState
-	d.ConnectionStateUpdatedTime = cur.ConnectionStateUpdatedTime
-	d.LastActivityTime = cur.LastActivityTime
-	d.CloudToDeviceMessageCount = cur.CloudToDeviceMessageCount
-	d.StatusUpdatedTime = cur.StatusUpdatedTime
-	if d.Status != cur.Status {
-		d.StatusUpdatedTime = time.Now().UTC()
 	}
 	if err := s.putDevice(d); err != nil {
 		return Device{}, err
@@ -638,19 +627,12 @@ func (s *PebbleStore) ReplaceModule(ctx context.Context, m Module, ifMatch strin
 	if !etagMatches(ifMatch, cur.ETag) {
 		return Module{}, fmt.Errorf("module %q on device %q: %w", m.ModuleID, m.DeviceID, ErrPreconditionFailed)
 	}
-	if m, err = prepareModule(m, &cur.Authentication); err != nil {
+	if m, err = prepareModuleReplacement(m, cur); err != nil {
 		return Module{}, err
 	}
-	etag, err := newETag()
-	if err != nil {
+	if m.ETag, err = newETag(); err != nil {
 		return Module{}, err
 	}
-	m.GenerationID = cur.GenerationID
-	m.ETag = etag
-	m.ConnectionState = cur.ConnectionState
-	m.ConnectionStateUpdatedTime = cur.ConnectionStateUpdatedTime
-	m.LastActivityTime = cur.LastActivityTime
-	m.CloudToDeviceMessageCount = cur.CloudToDeviceMessageCount
 	if err := s.putModule(m); err != nil {
 		return Module{}, err
 	}

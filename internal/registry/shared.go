@@ -29,6 +29,17 @@ func PrepareDevice(d Device, keep *Authentication) (Device, error) { return prep
 // PrepareModule is PrepareDevice for modules.
 func PrepareModule(m Module, keep *Authentication) (Module, error) { return prepareModule(m, keep) }
 
+// PrepareReplacement is PrepareDevice for a replace of cur: it also carries
+// over the fields the service keeps (generation id, connection state,
+// activity, C2D count, status time unless the status changes). The etag is
+// left for the store.
+func PrepareReplacement(d, cur Device) (Device, error) { return prepareReplacement(d, cur) }
+
+// PrepareModuleReplacement is PrepareReplacement for modules.
+func PrepareModuleReplacement(m, cur Module) (Module, error) {
+	return prepareModuleReplacement(m, cur)
+}
+
 // NewETag returns a fresh opaque etag in IoT Hub's style.
 func NewETag() (string, error) { return newETag() }
 

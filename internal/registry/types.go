@@ -280,6 +280,36 @@ func prepareDevice(d Device, keep *Authentication) (Device, error) {
 	return d.clone(), nil
 }
 
+func prepareReplacement(d, cur Device) (Device, error) {
+	d, err := prepareDevice(d, &cur.Authentication)
+	if err != nil {
+		return Device{}, err
+	}
+	d.GenerationID = cur.GenerationID
+	d.ConnectionState = cur.ConnectionState
+	d.ConnectionStateUpdatedTime = cur.ConnectionStateUpdatedTime
+	d.LastActivityTime = cur.LastActivityTime
+	d.CloudToDeviceMessageCount = cur.CloudToDeviceMessageCount
+	d.StatusUpdatedTime = cur.StatusUpdatedTime
+	if d.Status != cur.Status {
+		d.StatusUpdatedTime = time.Now().UTC()
+	}
+	return d, nil
+}
+
+func prepareModuleReplacement(m, cur Module) (Module, error) {
+	m, err := prepareModule(m, &cur.Authentication)
+	if err != nil {
+		return Module{}, err
+	}
+	m.GenerationID = cur.GenerationID
+	m.ConnectionState = cur.ConnectionState
+	m.ConnectionStateUpdatedTime = cur.ConnectionStateUpdatedTime
+	m.LastActivityTime = cur.LastActivityTime
+	m.CloudToDeviceMessageCount = cur.CloudToDeviceMessageCount
+	return m, nil
+}
+
 func prepareModule(m Module, keep *Authentication) (Module, error) {
 	if err := ValidateID("deviceId", m.DeviceID); err != nil {
 		return m, err

@@ -97,20 +97,7 @@ func (s *Store) ReplaceDevice(ctx context.Context, d registry.Device, ifMatch st
 		return registry.Device{}, err
 	}
 	return s.updateDevice(ctx, "replace", d.DeviceID, ifMatch, func(cur registry.Device) (registry.Device, error) {
-		nd, err := registry.PrepareDevice(d, &cur.Authentication)
-		if err != nil {
-			return registry.Device{}, err
-		}
-		nd.GenerationID = cur.GenerationID
-		nd.ConnectionState = cur.ConnectionState
-		nd.ConnectionStateUpdatedTime = cur.ConnectionStateUpdatedTime
-		nd.LastActivityTime = cur.LastActivityTime
-		nd.CloudToDeviceMessageCount = cur.CloudToDeviceMessageCount
-		nd.StatusUpdatedTime = cur.StatusUpdatedTime
-		if nd.Status != cur.Status {
-			nd.StatusUpdatedTime = time.Now().UTC()
-		}
-		return nd, nil
+		return registry.PrepareReplacement(d, cur)
 	})
 }
 

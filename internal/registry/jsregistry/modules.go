@@ -121,16 +121,7 @@ func (s *Store) ReplaceModule(ctx context.Context, m registry.Module, ifMatch st
 		return registry.Module{}, err
 	}
 	return s.updateModule(ctx, "replace", m.DeviceID, m.ModuleID, ifMatch, func(cur registry.Module) (registry.Module, error) {
-		nm, err := registry.PrepareModule(m, &cur.Authentication)
-		if err != nil {
-			return registry.Module{}, err
-		}
-		nm.GenerationID = cur.GenerationID
-		nm.ConnectionState = cur.ConnectionState
-		nm.ConnectionStateUpdatedTime = cur.ConnectionStateUpdatedTime
-		nm.LastActivityTime = cur.LastActivityTime
-		nm.CloudToDeviceMessageCount = cur.CloudToDeviceMessageCount
-		return nm, nil
+		return registry.PrepareModuleReplacement(m, cur)
 	})
 }
 
