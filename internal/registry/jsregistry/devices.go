@@ -131,49 +131,43 @@ func (s *Store) updateDevice(ctx context.Context, verb, deviceID, ifMatch string
 	defer s.lock(deviceID)()
 
 	key := deviceKey(deviceID)
-	e, ok := s.cache.device(deviceID)
-	cur, rev := e.d.Clone(), e.rev
-	fresh := false
-	for attempt := 0; ; attempt++ {
-		if !ok || !registry.ETagMatches(ifMatch, cur.ETag) {
-			if fresh {
-				if !ok {
-					return registry.Device{}, fmt.Errorf("device %q: %w", deviceID, registry.ErrDeviceNotFound)
-				}
-				return registry.Device{}, fmt.Errorf("device %q: %w", deviceID, registry.ErrPreconditionFailed)
-			}
-		} else {
+	var out registry.Device
+	err = casLoop(op, ifMatch, s.loadDevice(ctx, deviceID),
+		func() error { return fmt.Errorf("device %q: %w", deviceID, registry.ErrDeviceNotFound) },
+		func() error { return fmt.Errorf("device %q: %w", deviceID, registry.ErrPreconditionFailed) },
+		func(cur registry.Device, rev uint64) (error, error) {
 			nd, err := mutate(cur)
 			if err != nil {
-				return registry.Device{}, err
+				return nil, err
 			}
-			etag, err := registry.NewETag()
-			if err != nil {
-				return registry.Device{}, err
+			if nd.ETag, err = registry.NewETag(); err != nil {
+				return nil, err
 			}
 			nd.DeviceID = deviceID
-			nd.ETag = etag
 			val, err := json.Marshal(nd)
 			if err != nil {
-				return registry.Device{}, fmt.Errorf("%s: encode: %w", op, err)
+				return nil, fmt.Errorf("%s: encode: %w", op, err)
 			}
-			nrev, err := s.kv.Update(ctx, key, val, rev)
-			if err == nil {
+			nrev, kvErr := s.kv.Update(ctx, key, val, rev)
+			if kvErr == nil {
 				s.applyLocal(deviceChange(nd.Clone(), nrev))
-				return nd, nil
+				out = nd
 			}
-			if !isConflict(err) {
-				return registry.Device{}, unavailable(op, err)
-			}
-			if attempt >= maxAttempts {
-				return registry.Device{}, unavailable(op, errTooManyConflicts)
-			}
+			return kvErr, nil
+		})
+	return out, err
+}
+
+// loadDevice is casLoop's load for a device: a copy of the cached record,
+// or the bucket's when fresh.
+func (s *Store) loadDevice(ctx context.Context, deviceID string) func(bool) (registry.Device, string, uint64, bool, error) {
+	return func(fresh bool) (registry.Device, string, uint64, bool, error) {
+		if !fresh {
+			e, ok := s.cache.device(deviceID)
+			return e.d.Clone(), e.d.ETag, e.rev, ok, nil
 		}
-		ch, found, err := s.fetch(ctx, key)
-		if err != nil {
-			return registry.Device{}, unavailable(op, err)
-		}
-		cur, rev, ok, fresh = ch.dev.Clone(), ch.rev, found, true
+		ch, found, err := s.fetch(ctx, deviceKey(deviceID))
+		return ch.dev.Clone(), ch.dev.ETag, ch.rev, found, err
 	}
 }
 
@@ -193,40 +187,25 @@ func (s *Store) DeleteDevice(ctx context.Context, deviceID, ifMatch string) erro
 	defer s.lock(deviceID)()
 
 	key := deviceKey(deviceID)
-	e, ok := s.cache.device(deviceID)
-	etag, rev := e.d.ETag, e.rev
-	fresh := false
-	for attempt := 0; ; attempt++ {
-		if !ok || !registry.ETagMatches(ifMatch, etag) {
-			if fresh {
-				if !ok {
-					// A retry after a cascade that did not finish
-					// cleans up what it left.
-					if err := s.sweepModules(ctx, deviceID, false); err != nil {
-						s.log.Warn("registry: sweeping modules of a missing device", "device", deviceID, "err", err)
-					}
-					return fmt.Errorf("device %q: %w", deviceID, registry.ErrDeviceNotFound)
-				}
-				return fmt.Errorf("device %q: %w", deviceID, registry.ErrPreconditionFailed)
+	err = casLoop(op, ifMatch, s.loadDevice(ctx, deviceID),
+		func() error {
+			// A retry after a cascade that did not finish cleans up
+			// what it left.
+			if err := s.sweepModules(ctx, deviceID, false); err != nil {
+				s.log.Warn("registry: sweeping modules of a missing device", "device", deviceID, "err", err)
 			}
-		} else {
-			nrev, err := s.deleteKey(ctx, key, rev)
-			if err == nil {
+			return fmt.Errorf("device %q: %w", deviceID, registry.ErrDeviceNotFound)
+		},
+		func() error { return fmt.Errorf("device %q: %w", deviceID, registry.ErrPreconditionFailed) },
+		func(_ registry.Device, rev uint64) (error, error) {
+			nrev, kvErr := s.deleteKey(ctx, key, rev)
+			if kvErr == nil {
 				s.applyLocal(change{key: key, rev: nrev, deleted: true, deviceID: deviceID})
-				break
 			}
-			if !isConflict(err) {
-				return unavailable(op, err)
-			}
-			if attempt >= maxAttempts {
-				return unavailable(op, errTooManyConflicts)
-			}
-		}
-		ch, found, err := s.fetch(ctx, key)
-		if err != nil {
-			return unavailable(op, err)
-		}
-		etag, rev, ok, fresh = ch.dev.ETag, ch.rev, found, true
+			return kvErr, nil
+		})
+	if err != nil {
+		return err
 	}
 	if err := s.sweepModules(ctx, deviceID, true); err != nil {
 		// The device is gone and its modules are unreachable; the next

@@ -16,6 +16,10 @@ func moduleChange(m registry.Module, rev uint64) change {
 	return change{key: moduleKey(m.DeviceID, m.ModuleID), rev: rev, deviceID: m.DeviceID, moduleID: m.ModuleID, mod: m}
 }
 
+func modulePreconditionFailed(deviceID, moduleID string) error {
+	return fmt.Errorf("module %q on device %q: %w", moduleID, deviceID, registry.ErrPreconditionFailed)
+}
+
 func moduleNotFound(deviceID, moduleID string) error {
 	return fmt.Errorf("module %q on device %q: %w", moduleID, deviceID, registry.ErrModuleNotFound)
 }
@@ -140,21 +144,24 @@ func (s *Store) RegenerateModuleKey(ctx context.Context, deviceID, moduleID stri
 	})
 }
 
-// currentModule returns a module as the cache has it, or as the bucket has
-// it when fresh; a module whose device is missing counts as missing.
-func (s *Store) currentModule(ctx context.Context, deviceID, moduleID string, fresh bool) (registry.Module, uint64, bool, error) {
-	if !fresh {
-		e, ok := s.cache.module(deviceID, moduleID)
-		return e.m, e.rev, ok, nil
+// loadModule is casLoop's load for a module: as the cache has it, or as
+// the bucket has it when fresh; a module whose device is missing counts as
+// missing.
+func (s *Store) loadModule(ctx context.Context, deviceID, moduleID string) func(bool) (registry.Module, string, uint64, bool, error) {
+	return func(fresh bool) (registry.Module, string, uint64, bool, error) {
+		if !fresh {
+			e, ok := s.cache.module(deviceID, moduleID)
+			return e.m, e.m.ETag, e.rev, ok, nil
+		}
+		ch, ok, err := s.fetch(ctx, moduleKey(deviceID, moduleID))
+		if err != nil || !ok {
+			return registry.Module{}, "", 0, false, err
+		}
+		if ok, err := s.deviceExists(ctx, deviceID); err != nil || !ok {
+			return registry.Module{}, "", 0, false, err
+		}
+		return ch.mod, ch.mod.ETag, ch.rev, true, nil
 	}
-	ch, ok, err := s.fetch(ctx, moduleKey(deviceID, moduleID))
-	if err != nil || !ok {
-		return registry.Module{}, 0, false, err
-	}
-	if ok, err := s.deviceExists(ctx, deviceID); err != nil || !ok {
-		return registry.Module{}, 0, false, err
-	}
-	return ch.mod, ch.rev, true, nil
 }
 
 // updateModule is updateDevice for modules.
@@ -168,48 +175,31 @@ func (s *Store) updateModule(ctx context.Context, verb, deviceID, moduleID, ifMa
 	defer s.lock(deviceID)()
 
 	key := moduleKey(deviceID, moduleID)
-	cur, rev, ok, _ := s.currentModule(ctx, deviceID, moduleID, false)
-	fresh := false
-	for attempt := 0; ; attempt++ {
-		if !ok || !registry.ETagMatches(ifMatch, cur.ETag) {
-			if fresh {
-				if !ok {
-					return registry.Module{}, moduleNotFound(deviceID, moduleID)
-				}
-				return registry.Module{}, fmt.Errorf("module %q on device %q: %w", moduleID, deviceID, registry.ErrPreconditionFailed)
-			}
-		} else {
+	var out registry.Module
+	err = casLoop(op, ifMatch, s.loadModule(ctx, deviceID, moduleID),
+		func() error { return moduleNotFound(deviceID, moduleID) },
+		func() error { return modulePreconditionFailed(deviceID, moduleID) },
+		func(cur registry.Module, rev uint64) (error, error) {
 			nm, err := mutate(cur)
 			if err != nil {
-				return registry.Module{}, err
+				return nil, err
 			}
-			etag, err := registry.NewETag()
-			if err != nil {
-				return registry.Module{}, err
+			if nm.ETag, err = registry.NewETag(); err != nil {
+				return nil, err
 			}
-			nm.DeviceID, nm.ModuleID, nm.ETag = deviceID, moduleID, etag
+			nm.DeviceID, nm.ModuleID = deviceID, moduleID
 			val, err := json.Marshal(nm)
 			if err != nil {
-				return registry.Module{}, fmt.Errorf("%s: encode: %w", op, err)
+				return nil, fmt.Errorf("%s: encode: %w", op, err)
 			}
-			nrev, err := s.kv.Update(ctx, key, val, rev)
-			if err == nil {
+			nrev, kvErr := s.kv.Update(ctx, key, val, rev)
+			if kvErr == nil {
 				s.applyLocal(moduleChange(nm, nrev))
-				return nm, nil
+				out = nm
 			}
-			if !isConflict(err) {
-				return registry.Module{}, unavailable(op, err)
-			}
-			if attempt >= maxAttempts {
-				return registry.Module{}, unavailable(op, errTooManyConflicts)
-			}
-		}
-		cur, rev, ok, err = s.currentModule(ctx, deviceID, moduleID, true)
-		if err != nil {
-			return registry.Module{}, unavailable(op, err)
-		}
-		fresh = true
-	}
+			return kvErr, nil
+		})
+	return out, err
 }
 
 // DeleteModule implements registry.Store.
@@ -226,33 +216,14 @@ func (s *Store) DeleteModule(ctx context.Context, deviceID, moduleID, ifMatch st
 	defer s.lock(deviceID)()
 
 	key := moduleKey(deviceID, moduleID)
-	cur, rev, ok, _ := s.currentModule(ctx, deviceID, moduleID, false)
-	fresh := false
-	for attempt := 0; ; attempt++ {
-		if !ok || !registry.ETagMatches(ifMatch, cur.ETag) {
-			if fresh {
-				if !ok {
-					return moduleNotFound(deviceID, moduleID)
-				}
-				return fmt.Errorf("module %q on device %q: %w", moduleID, deviceID, registry.ErrPreconditionFailed)
-			}
-		} else {
-			nrev, err := s.deleteKey(ctx, key, rev)
-			if err == nil {
+	return casLoop(op, ifMatch, s.loadModule(ctx, deviceID, moduleID),
+		func() error { return moduleNotFound(deviceID, moduleID) },
+		func() error { return modulePreconditionFailed(deviceID, moduleID) },
+		func(_ registry.Module, rev uint64) (error, error) {
+			nrev, kvErr := s.deleteKey(ctx, key, rev)
+			if kvErr == nil {
 				s.applyLocal(change{key: key, rev: nrev, deleted: true, deviceID: deviceID, moduleID: moduleID})
-				return nil
 			}
-			if !isConflict(err) {
-				return unavailable(op, err)
-			}
-			if attempt >= maxAttempts {
-				return unavailable(op, errTooManyConflicts)
-			}
-		}
-		cur, rev, ok, err = s.currentModule(ctx, deviceID, moduleID, true)
-		if err != nil {
-			return unavailable(op, err)
-		}
-		fresh = true
-	}
+			return kvErr, nil
+		})
 }

@@ -185,6 +185,86 @@ func TestWriteOnStaleCache(t *testing.T) {
 	}
 }
 
+// lagBehind makes c look like the cache of a node whose watch has not yet
+// delivered the newest write of a device or module: missing drops the
+// entry (the create not seen), otherwise its etag is an older one.
+func lagBehind(c *cache, deviceID, moduleID string, missing bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if moduleID == "" {
+		if missing {
+			delete(c.devices, deviceID)
+			return
+		}
+		e := c.devices[deviceID]
+		e.d.ETag = "older"
+		c.devices[deviceID] = e
+		return
+	}
+	if missing {
+		delete(c.modules[deviceID], moduleID)
+		return
+	}
+	e := c.modules[deviceID][moduleID]
+	e.m.ETag = "older"
+	c.modules[deviceID][moduleID] = e
+}
+
+// TestWriteConfirmsLaggingCache: a conditional write on a node whose cache
+// lags (the record missing, or an older etag) must read the bucket before
+// answering not-found or precondition-failed, and then succeed.
+func TestWriteConfirmsLaggingCache(t *testing.T) {
+	ctx := context.Background()
+	a, b := twoNodes(t)
+	n := 0
+	for _, missing := range []bool{true, false} {
+		for _, tc := range []struct {
+			name  string
+			write func(id string, d registry.Device, m registry.Module) error
+			mod   bool
+		}{
+			{"replace device", func(id string, d registry.Device, _ registry.Module) error {
+				_, err := b.ReplaceDevice(ctx, d, d.ETag)
+				return err
+			}, false},
+			{"regenerate device key", func(id string, d registry.Device, _ registry.Module) error {
+				_, err := b.RegenerateDeviceKey(ctx, id, registry.KeySwap, d.ETag)
+				return err
+			}, false},
+			{"delete device", func(id string, d registry.Device, _ registry.Module) error {
+				return b.DeleteDevice(ctx, id, d.ETag)
+			}, false},
+			{"replace module", func(id string, _ registry.Device, m registry.Module) error {
+				_, err := b.ReplaceModule(ctx, m, m.ETag)
+				return err
+			}, true},
+			{"delete module", func(id string, _ registry.Device, m registry.Module) error {
+				return b.DeleteModule(ctx, id, m.ModuleID, m.ETag)
+			}, true},
+		} {
+			n++
+			id := fmt.Sprintf("lag-%d", n)
+			d, err := a.CreateDevice(ctx, sasDevice(id))
+			if err != nil {
+				t.Fatal(err)
+			}
+			m, err := a.CreateModule(ctx, registry.Module{DeviceID: id, ModuleID: "m"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			eventually(t, "b sees the module", func() bool { _, err := b.GetModule(ctx, id, "m"); return err == nil })
+			if tc.mod {
+				lagBehind(b.cache, id, "m", missing)
+			} else {
+				lagBehind(b.cache, id, "", missing)
+			}
+			if err := tc.write(id, d, m); err != nil {
+				t.Errorf("%s with the cache lagging (missing %v): %v", tc.name, missing, err)
+			}
+		}
+	}
+}
+
 func TestTwoNodesConditionalRace(t *testing.T) {
 	ctx := context.Background()
 	a, b := twoNodes(t)
