@@ -30,7 +30,8 @@ type ClusterOptions struct {
 	NodeID string `yaml:"nodeId"`
 	// Replicas is the replication factor of the hub's streams and buckets
 	// (default 3 when the NATS cluster has at least 3 servers, else 1).
-	// It is fixed when a stream or bucket is created.
+	// A node applies it to the streams and buckets that exist already, so
+	// every node should be given the same value.
 	Replicas int `yaml:"replicas"`
 	// Prefix namespaces the hub's streams, buckets and subjects (default
 	// AMQPHUB), so that several hubs can share one NATS account.

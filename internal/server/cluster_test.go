@@ -158,6 +158,45 @@ func TestClusterStreams(t *testing.T) {
 	}
 }
 
+// TestClusterReplicasApplied: a node started with another replica count
+// applies it to every stream and bucket that an earlier node created.
+func TestClusterReplicasApplied(t *testing.T) {
+	c := natstest.StartCluster(t, 3)
+	start := func(replicas int) {
+		s := StartTest(t, func(o *Options) {
+			o.Cluster = ClusterOptions{URLs: c.URLs(), Replicas: replicas, Prefix: "REPL"}
+			o.Partitions = 2
+		})
+		s.Close()
+	}
+	nc := natstest.Connect(t, c.URLs())
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	replicas := func() map[string]int {
+		got := map[string]int{}
+		for si := range js.ListStreams(ctx).Info() {
+			got[si.Config.Name] = si.Config.Replicas
+		}
+		return got
+	}
+	start(1)
+	first := replicas()
+	// Telemetry partitions, the C2D bodies and the six buckets.
+	if len(first) != 2+1+6 {
+		t.Fatalf("streams after the first node: %v", first)
+	}
+	start(3)
+	for name, r := range replicas() {
+		if r != 3 {
+			t.Errorf("stream %s has %d replicas after a node with 3 started (%d before)", name, r, first[name])
+		}
+	}
+}
+
 // TestClusterPresence: a device connected to node A reads as Connected
 // through node B, Disconnected once it leaves, and Disconnected again when
 // node A stops sending heartbeats (a node that died).

@@ -3,7 +3,6 @@ package server
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
@@ -60,18 +59,13 @@ const (
 // following it and writing this node's heartbeat.
 func openClusterPresence(ctx context.Context, c *hub.Cluster, heartbeat time.Duration, log *slog.Logger) (*clusterPresence, error) {
 	name := c.Bucket("presence")
-	kv, err := c.JS.KeyValue(ctx, name)
-	if errors.Is(err, jetstream.ErrBucketNotFound) {
-		kv, err = c.JS.CreateKeyValue(ctx, jetstream.KeyValueConfig{
-			Bucket:      name,
-			Description: "amqphub: device and module connections per node",
-			History:     1,
-			Replicas:    c.Replicas,
-		})
-		if errors.Is(err, jetstream.ErrBucketExists) {
-			kv, err = c.JS.KeyValue(ctx, name)
-		}
-	}
+	kv, err := c.JS.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:      name,
+		Description: "amqphub: device and module connections per node",
+		History:     1,
+		Replicas:    c.Replicas,
+		Storage:     jetstream.FileStorage,
+	})
 	if err != nil {
 		return nil, fmt.Errorf("presence bucket %s: %w", name, err)
 	}

@@ -128,7 +128,7 @@ func Open(ctx context.Context, js jetstream.JetStream, opts Options) (*Store, er
 
 	cctx, cancel := context.WithTimeout(ctx, opts.LoadTimeout)
 	defer cancel()
-	kv, err := openBucket(cctx, js, opts, log)
+	kv, err := openBucket(cctx, js, opts)
 	if err != nil {
 		return nil, fmt.Errorf("open registry bucket %q: %w: %w", opts.Bucket, registry.ErrUnavailable, err)
 	}
@@ -162,31 +162,16 @@ func Open(ctx context.Context, js jetstream.JetStream, opts Options) (*Store, er
 	return nil, fmt.Errorf("load registry bucket %q: %w: %w", opts.Bucket, registry.ErrUnavailable, err)
 }
 
-// openBucket opens the bucket, creating it if it does not exist. An
-// existing bucket's configuration is left alone, so that one node started
-// with other options cannot, say, scale down the cluster's replicas.
-func openBucket(ctx context.Context, js jetstream.JetStream, opts Options, log *slog.Logger) (jetstream.KeyValue, error) {
-	kv, err := js.KeyValue(ctx, opts.Bucket)
-	if errors.Is(err, jetstream.ErrBucketNotFound) {
-		kv, err = js.CreateKeyValue(ctx, jetstream.KeyValueConfig{
-			Bucket:      opts.Bucket,
-			Description: "amqphub device registry",
-			History:     1,
-			Replicas:    opts.Replicas,
-			Storage:     opts.Storage,
-		})
-		if errors.Is(err, jetstream.ErrBucketExists) {
-			// Another node created it first.
-			kv, err = js.KeyValue(ctx, opts.Bucket)
-		}
-	}
-	if err != nil {
-		return nil, err
-	}
-	if st, err := kv.Status(ctx); err == nil && st.Config().Replicas != opts.Replicas {
-		log.Warn("registry: the bucket exists with another replica count; keeping it", "replicas", st.Config().Replicas, "configured", opts.Replicas)
-	}
-	return kv, nil
+// openBucket opens the bucket, creating it or updating its configuration
+// to opts (as every cluster store does: a node's replicas apply).
+func openBucket(ctx context.Context, js jetstream.JetStream, opts Options) (jetstream.KeyValue, error) {
+	return js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:      opts.Bucket,
+		Description: "amqphub device registry",
+		History:     1,
+		Replicas:    opts.Replicas,
+		Storage:     opts.Storage,
+	})
 }
 
 // rewatchDelay is the pause before a failed watch is started again.

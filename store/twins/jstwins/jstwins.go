@@ -267,24 +267,8 @@ func Open(ctx context.Context, js jetstream.JetStream, opts Options) (*Store, er
 }
 
 // openBucket opens the bucket, creating it or updating its replicas and
-// history when they differ from opts. An unchanged bucket is not updated:
-// every node opens it, and a stream update disturbs the other nodes'
-// watches.
+// history to opts.
 func openBucket(ctx context.Context, js jetstream.JetStream, opts Options) (jetstream.KeyValue, error) {
-	kv, err := js.KeyValue(ctx, opts.Bucket)
-	if err == nil {
-		st, err := kv.Status(ctx)
-		if err != nil {
-			return nil, err
-		}
-		if st.History() == int64(opts.History) {
-			if info, ok := st.(*jetstream.KeyValueBucketStatus); !ok || info.StreamInfo().Config.Replicas == opts.Replicas {
-				return kv, nil
-			}
-		}
-	} else if !errors.Is(err, jetstream.ErrBucketNotFound) {
-		return nil, err
-	}
 	return js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
 		Bucket:      opts.Bucket,
 		Description: "amqphub device and module twins",
