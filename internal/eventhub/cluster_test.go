@@ -14,7 +14,6 @@ import (
 
 	goamqp "github.com/Azure/go-amqp"
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 
 	"amqphub/amqp/amqptest"
 	"amqphub/internal/auth"
@@ -69,10 +68,7 @@ func startEHNodesOn(t *testing.T, urls []string, replicas int, cfg eventhub.Conf
 	var nodes []*ehNode
 	for i := range n {
 		nc := natstest.Connect(t, urls[i])
-		js, err := jetstream.New(nc)
-		if err != nil {
-			t.Fatal(err)
-		}
+		js := natstest.JetStream(t, nc)
 		rh, err := rest.New(rest.Config{Registry: reg, Auth: authority, Logger: amqptest.TestLogger(t)})
 		if err != nil {
 			t.Fatal(err)

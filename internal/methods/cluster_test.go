@@ -8,8 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
-
 	"amqphub/amqp/amqptest"
 	"amqphub/internal/auth"
 	"amqphub/internal/hub"
@@ -42,10 +40,7 @@ func startNodes(t *testing.T, n int) []*clusterNode {
 	var nodes []*clusterNode
 	for i := range n {
 		nc := natstest.Connect(t, ns.ClientURL())
-		js, err := jetstream.New(nc)
-		if err != nil {
-			t.Fatal(err)
-		}
+		js := natstest.JetStream(t, nc)
 		cl := &hub.Cluster{NodeID: string(rune('A' + i)), Conn: nc, JS: js, Replicas: 1, Prefix: "AMQPHUB"}
 		reg := &lateRegistry{}
 		cfg := methods.Config{MinResponseTimeout: time.Second}

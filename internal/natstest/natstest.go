@@ -85,14 +85,22 @@ func Connect(tb testing.TB, url string, opts ...nats.Option) *nats.Conn {
 	return nc
 }
 
+// JetStream returns a JetStream context on nc, failing the test if it
+// cannot be made.
+func JetStream(tb testing.TB, nc *nats.Conn, opts ...jetstream.JetStreamOpt) jetstream.JetStream {
+	tb.Helper()
+	js, err := jetstream.New(nc, opts...)
+	if err != nil {
+		tb.Fatalf("natstest: jetstream: %v", err)
+	}
+	return js
+}
+
 // WaitJetStream polls until the JetStream API answers on nc (in a cluster:
 // until a meta leader is elected) or the ready timeout passes.
 func WaitJetStream(tb testing.TB, nc *nats.Conn) {
 	tb.Helper()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		tb.Fatalf("natstest: jetstream: %v", err)
-	}
+	js := JetStream(tb, nc)
 	deadline := time.Now().Add(readyTimeout)
 	var last error
 	for time.Now().Before(deadline) {

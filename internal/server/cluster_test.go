@@ -8,8 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
-
 	"amqphub/client"
 	"amqphub/internal/auth"
 	"amqphub/internal/natstest"
@@ -135,10 +133,7 @@ func TestClusterStreams(t *testing.T) {
 		o.RetentionBytes = 1 << 20
 	})
 	nc := natstest.Connect(t, ns.ClientURL())
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	js := natstest.JetStream(t, nc)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	for p := range 2 {
@@ -170,10 +165,7 @@ func TestClusterReplicasApplied(t *testing.T) {
 		s.Close()
 	}
 	nc := natstest.Connect(t, c.URLs())
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	js := natstest.JetStream(t, nc)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	replicas := func() map[string]int {

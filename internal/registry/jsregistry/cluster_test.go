@@ -8,8 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
-
 	"amqphub/internal/natstest"
 	"amqphub/internal/registry"
 )
@@ -26,10 +24,7 @@ func TestCluster(t *testing.T) {
 	bucket := freshBucket()
 	stores := make([]*Store, len(c.Nodes))
 	for i, nd := range c.Nodes {
-		js, err := jetstream.New(natstest.Connect(t, nd.ClientURL()))
-		if err != nil {
-			t.Fatal(err)
-		}
+		js := natstest.JetStream(t, natstest.Connect(t, nd.ClientURL()))
 		octx, cancel := context.WithTimeout(ctx, 20*time.Second)
 		s, err := Open(octx, js, Options{Bucket: bucket, Replicas: 3, Timeout: 3 * time.Second})
 		cancel()

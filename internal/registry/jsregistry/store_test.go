@@ -31,10 +31,7 @@ func newJS(t testing.TB) (*server.Server, jetstream.JetStream) {
 // connectJS opens another connection, as another node would.
 func connectJS(t testing.TB, srv *server.Server) jetstream.JetStream {
 	t.Helper()
-	js, err := jetstream.New(natstest.Connect(t, srv.ClientURL()))
-	if err != nil {
-		t.Fatal(err)
-	}
+	js := natstest.JetStream(t, natstest.Connect(t, srv.ClientURL()))
 	return js
 }
 

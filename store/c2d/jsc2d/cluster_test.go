@@ -7,8 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
-
 	"amqphub/internal/natstest"
 	"amqphub/store/c2d"
 	"amqphub/store/c2d/jsc2d"
@@ -27,10 +25,7 @@ func TestCluster(t *testing.T) {
 	bucket := uniqueBucket()
 	stores := make([]*jsc2d.Store, len(c.Nodes))
 	for i, nd := range c.Nodes {
-		js, err := jetstream.New(natstest.Connect(t, nd.ClientURL()))
-		if err != nil {
-			t.Fatal(err)
-		}
+		js := natstest.JetStream(t, natstest.Connect(t, nd.ClientURL()))
 		stores[i] = open(t, js, jsc2d.Options{
 			Bucket: bucket, Replicas: 3, NodeID: nd.Name, Timeout: 4 * time.Second,
 			Config: c2d.Config{MaxDepth: 100},

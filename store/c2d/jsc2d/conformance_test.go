@@ -34,10 +34,7 @@ func newJS(t testing.TB) jetstream.JetStream {
 	srv := natstest.RunServer(t)
 	nc := natstest.Connect(t, srv.ClientURL())
 	natstest.WaitJetStream(t, nc)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatalf("jetstream: %v", err)
-	}
+	js := natstest.JetStream(t, nc)
 	return js
 }
 

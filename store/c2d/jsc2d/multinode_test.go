@@ -313,10 +313,7 @@ func TestServerGone(t *testing.T) {
 	srv := natstest.RunServer(t)
 	nc := natstest.Connect(t, srv.ClientURL())
 	natstest.WaitJetStream(t, nc)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	js := natstest.JetStream(t, nc)
 	ctx := context.Background()
 	s := open(t, js, jsc2d.Options{Bucket: uniqueBucket(), Timeout: 500 * time.Millisecond})
 	defer s.Close()
@@ -419,10 +416,7 @@ func TestServerRestart(t *testing.T) {
 	connect := func() jetstream.JetStream {
 		nc := natstest.Connect(t, srv.ClientURL())
 		natstest.WaitJetStream(t, nc)
-		js, err := jetstream.New(nc)
-		if err != nil {
-			t.Fatal(err)
-		}
+		js := natstest.JetStream(t, nc)
 		return js
 	}
 	ctx := context.Background()

@@ -81,10 +81,7 @@ func BenchmarkAppendAsync(b *testing.B) {
 func benchRawPublishAsync(b *testing.B) {
 	nc := benchConn(b, "tcp")
 	l := benchOpen(b, nc, Options{Partitions: 4})
-	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(4096))
-	if err != nil {
-		b.Fatal(err)
-	}
+	js := natstest.JetStream(b, nc, jetstream.WithPublishAsyncMaxPending(4096))
 	payload := make([]byte, 256)
 	b.SetBytes(256)
 	b.ReportAllocs()
@@ -310,10 +307,7 @@ func BenchmarkRead(b *testing.B) {
 // BenchmarkRead; one op is one record.
 func BenchmarkReadOrderedConsumer(b *testing.B) {
 	readFixture(b)
-	js, err := jetstream.New(benchFixture.nc)
-	if err != nil {
-		b.Fatal(err)
-	}
+	js := natstest.JetStream(b, benchFixture.nc)
 	b.SetBytes(256)
 	b.ReportAllocs()
 	b.ResetTimer()

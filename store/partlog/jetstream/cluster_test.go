@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 
 	"amqphub/internal/natstest"
 	"amqphub/store/partlog"
@@ -22,10 +21,7 @@ import (
 // until one is elected.
 func streamLeader(t *testing.T, nc *nats.Conn, stream string) string {
 	t.Helper()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	js := natstest.JetStream(t, nc)
 	var leader string
 	waitFor(t, "a leader of "+stream, func() bool {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)

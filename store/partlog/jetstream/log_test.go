@@ -385,10 +385,7 @@ func TestForeignMessages(t *testing.T) {
 	s := natstest.RunServer(t)
 	nc := natstest.Connect(t, s.ClientURL())
 	l := openTest(t, nc, Options{Partitions: 1})
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	js := natstest.JetStream(t, nc)
 	ctx := testCtx(t)
 	foreign := [][]byte{[]byte("plain text"), {recordMagic, 1, 2, 3}, {}}
 	before := time.Now().UnixMilli()
@@ -507,14 +504,11 @@ func TestStreamDeleted(t *testing.T) {
 	s := natstest.RunServer(t)
 	nc := natstest.Connect(t, s.ClientURL())
 	l := openTest(t, nc, Options{Partitions: 1, AckTimeout: 2 * time.Second})
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	js := natstest.JetStream(t, nc)
 	if err := js.DeleteStream(testCtx(t), l.streamName(0)); err != nil {
 		t.Fatal(err)
 	}
-	_, err = l.Append(testCtx(t), 0, []byte("x"))
+	_, err := l.Append(testCtx(t), 0, []byte("x"))
 	if err == nil || !strings.Contains(err.Error(), "no responders") {
 		t.Fatalf("Append to a deleted stream = %v, want a no-responders error", err)
 	}
@@ -675,10 +669,7 @@ func TestReopenLimits(t *testing.T) {
 	if err := l.Close(); err != nil {
 		t.Fatal(err)
 	}
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	js := natstest.JetStream(t, nc)
 
 	o := opts
 	o.RetentionBytes, o.Retention = 1<<20, 48*time.Hour

@@ -36,10 +36,7 @@ func TestCluster(t *testing.T) {
 			list = append(list, urls[i])
 		}
 		nc := natstest.Connect(t, strings.Join(list, ","), nats.DontRandomize())
-		js, err := jetstream.New(nc)
-		if err != nil {
-			t.Fatal(err)
-		}
+		js := natstest.JetStream(t, nc)
 		return js
 	}
 	bucket := uniqueBucket()

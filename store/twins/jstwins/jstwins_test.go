@@ -44,10 +44,7 @@ func (w tWriter) Write(b []byte) (int, error) {
 func node(t testing.TB, url string) jetstream.JetStream {
 	t.Helper()
 	nc := natstest.Connect(t, url)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	js := natstest.JetStream(t, nc)
 	return js
 }
 
@@ -405,10 +402,7 @@ func TestServerRestart(t *testing.T) {
 	t.Cleanup(func() { srv.Shutdown(); srv.WaitForShutdown() })
 	nc := natstest.Connect(t, srv.ClientURL())
 	natstest.WaitJetStream(t, nc)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	js := natstest.JetStream(t, nc)
 	s = open(t, js, jstwins.Options{Bucket: bucket})
 	after, err := s.Get(ctx, id, "g")
 	if err != nil {
@@ -428,10 +422,7 @@ func TestServerGone(t *testing.T) {
 		t.Fatal(err)
 	}
 	nc := natstest.Connect(t, srv.ClientURL())
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	js := natstest.JetStream(t, nc)
 	s := open(t, js, jstwins.Options{Bucket: uniqueBucket(), Timeout: time.Second})
 	id := twins.ID{DeviceID: "d"}
 	if _, err := s.PatchReported(ctx, id, "g", map[string]any{"a": 1}); err != nil {
@@ -475,10 +466,7 @@ func TestServerGone(t *testing.T) {
 func TestWriteTimeout(t *testing.T) {
 	srv := natstest.RunServer(t)
 	nc := natstest.Connect(t, srv.ClientURL())
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	js := natstest.JetStream(t, nc)
 	bucket := uniqueBucket()
 	s := open(t, js, jstwins.Options{Bucket: bucket, Timeout: 300 * time.Millisecond})
 	id := twins.ID{DeviceID: "d"}
