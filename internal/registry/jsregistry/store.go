@@ -43,6 +43,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"amqphub/internal/hub"
+	"amqphub/internal/jskv"
 	"amqphub/internal/registry"
 )
 
@@ -404,22 +405,26 @@ func parseKey(key string) (deviceID, moduleID string, err error) {
 }
 
 func parseEntry(e jetstream.KeyValueEntry) (change, error) {
-	dev, mod, err := parseKey(e.Key())
+	return parseRecord(e.Key(), e.Revision(), e.Value(), e.Operation() != jetstream.KeyValuePut)
+}
+
+func parseRecord(key string, rev uint64, val []byte, deleted bool) (change, error) {
+	dev, mod, err := parseKey(key)
 	if err != nil {
 		return change{}, err
 	}
-	ch := change{key: e.Key(), rev: e.Revision(), deviceID: dev, moduleID: mod}
-	if e.Operation() != jetstream.KeyValuePut {
+	ch := change{key: key, rev: rev, deviceID: dev, moduleID: mod}
+	if deleted {
 		ch.deleted = true
 		return ch, nil
 	}
 	if mod == "" {
-		err = json.Unmarshal(e.Value(), &ch.dev)
+		err = json.Unmarshal(val, &ch.dev)
 		if err == nil && ch.dev.DeviceID != dev {
 			err = fmt.Errorf("value names device %q", ch.dev.DeviceID)
 		}
 	} else {
-		err = json.Unmarshal(e.Value(), &ch.mod)
+		err = json.Unmarshal(val, &ch.mod)
 		if err == nil && (ch.mod.DeviceID != dev || ch.mod.ModuleID != mod) {
 			err = fmt.Errorf("value names module %q of device %q", ch.mod.ModuleID, ch.mod.DeviceID)
 		}
@@ -485,21 +490,25 @@ func isConflict(err error) bool {
 		apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant)
 }
 
-// fetch reads a key from the bucket, bypassing the cache, and puts what it
-// found into the cache. A missing key is reported as ok false.
+// fetch reads a key from the bucket stream's leader, bypassing the cache
+// (and the replicas, which may lag), and puts what it found into the
+// cache. A missing key is reported as ok false.
 func (s *Store) fetch(ctx context.Context, key string) (change, bool, error) {
-	e, err := s.kv.Get(ctx, key)
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return change{}, false, nil
-	}
+	rec, found, err := jskv.GetFromLeader(ctx, s.js.Conn(), s.kv.Bucket(), key)
 	if err != nil {
 		return change{}, false, err
 	}
-	ch, err := parseEntry(e)
+	if !found {
+		return change{}, false, nil
+	}
+	ch, err := parseRecord(key, rec.Revision, rec.Value, rec.Deleted)
 	if err != nil {
 		return change{}, false, fmt.Errorf("key %q: %w", key, err)
 	}
-	s.applyLocal(ch)
+	s.applyLocal(ch) // a delete marker too: the cache learns of it
+	if ch.deleted {
+		return change{}, false, nil
+	}
 	return ch, true, nil
 }
 

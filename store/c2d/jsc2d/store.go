@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/base64"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -14,9 +13,9 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"amqphub/internal/jskv"
 	"amqphub/store/c2d"
 )
 
@@ -444,14 +443,16 @@ func (s *Store) snapshot(id string) (*qval, uint64, bool) {
 func (s *Store) fetch(ctx context.Context, id string) (*qval, uint64, error) {
 	c, cancel := context.WithTimeout(ctx, s.opts.Timeout)
 	defer cancel()
-	data, rev, found, err := s.getFromLeader(c, queueKey(id))
+	// From the leader: a replica that lags would hide acknowledged writes.
+	rec, found, err := jskv.GetFromLeader(c, s.js.Conn(), s.kv.Bucket(), queueKey(id))
 	if err != nil {
 		return nil, 0, fmt.Errorf("read queue: %w", err)
 	}
-	if !found {
-		return &qval{ID: id}, rev, nil
+	if !found || rec.Deleted {
+		return &qval{ID: id}, 0, nil // revision 0: the next write creates the key
 	}
-	v, err := decodeQ(data)
+	rev := rec.Revision
+	v, err := decodeQ(rec.Value)
 	if err != nil {
 		return nil, 0, err
 	}
@@ -459,54 +460,6 @@ func (s *Store) fetch(ctx context.Context, id string) (*qval, uint64, error) {
 	s.putLocked(id, rev, v)
 	s.mu.Unlock()
 	return v, rev, nil
-}
-
-// getFromLeader reads the latest value of key from the bucket stream's
-// leader. kv.Get is a direct get that any replica may answer, and a
-// replica that lags (as after a leader change) returns an older revision;
-// a fresh read exists to see what the cache may have missed, so it asks
-// the one replica that has every acknowledged write. found is false for a
-// key never written or deleted (rev 0: the write is a create).
-func (s *Store) getFromLeader(ctx context.Context, key string) (data []byte, rev uint64, found bool, err error) {
-	bucket := s.kv.Bucket()
-	req, _ := json.Marshal(map[string]string{"last_by_subj": "$KV." + bucket + "." + key})
-	msg, err := s.js.Conn().RequestWithContext(ctx, "$JS.API.STREAM.MSG.GET.KV_"+bucket, req)
-	if err != nil {
-		return nil, 0, false, err
-	}
-	var resp struct {
-		Message *struct {
-			Seq  uint64 `json:"seq"`
-			Hdrs []byte `json:"hdrs"`
-			Data []byte `json:"data"`
-		} `json:"message"`
-		Error *struct {
-			Code        int    `json:"code"`
-			ErrCode     int    `json:"err_code"`
-			Description string `json:"description"`
-		} `json:"error"`
-	}
-	if err := json.Unmarshal(msg.Data, &resp); err != nil {
-		return nil, 0, false, fmt.Errorf("message get reply: %w", err)
-	}
-	if resp.Error != nil {
-		if resp.Error.ErrCode == int(jetstream.JSErrCodeMessageNotFound) {
-			return nil, 0, false, nil
-		}
-		return nil, 0, false, fmt.Errorf("message get: %s (%d)", resp.Error.Description, resp.Error.ErrCode)
-	}
-	if resp.Message == nil {
-		return nil, 0, false, errors.New("message get: empty reply")
-	}
-	if len(resp.Message.Hdrs) > 0 {
-		h, err := nats.DecodeHeadersMsg(resp.Message.Hdrs)
-		if err == nil {
-			if op := h.Get("KV-Operation"); op == "DEL" || op == "PURGE" {
-				return nil, 0, false, nil // kv.Create takes a deleted key
-			}
-		}
-	}
-	return resp.Message.Data, resp.Message.Seq, true, nil
 }
 
 // tx is what a mutation sees besides the value.

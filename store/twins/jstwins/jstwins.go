@@ -91,6 +91,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"amqphub/internal/jskv"
 	"amqphub/store/twins"
 )
 
@@ -712,18 +713,25 @@ func (s *Store) write(ctx context.Context, id twins.ID, generation string, apply
 	return twins.Twin{}, fmt.Errorf("write twin %s: %w (%d attempts)", id, ErrContended, maxAttempts)
 }
 
-// refresh reads key from the bucket after a lost compare-and-set whose
-// expected revision was rev. When the read teaches nothing new (a replica
-// behind the leader answered), it waits a little for the replica or the
-// watch to catch up.
+// refresh reads key from the bucket stream's leader after a lost
+// compare-and-set whose expected revision was rev. When the read teaches
+// nothing new (the watch or the leader is behind, or no leader answered
+// during an election), it waits a little before the next attempt.
 func (s *Store) refresh(ctx context.Context, key string, id twins.ID, rev uint64, attempt int) error {
-	e, err := s.kv.Get(ctx, key)
+	// A leaderless bucket does not answer: bound the read so that the
+	// attempt can be repeated within the operation's time.
+	rctx, cancel := context.WithTimeout(ctx, refreshTimeout)
+	rec, found, err := jskv.GetFromLeader(rctx, s.js.Conn(), s.bucket, key)
+	cancel()
 	progress := false
 	switch {
-	case errors.Is(err, jetstream.ErrKeyNotFound):
-		// Deleted by another node (the marker's revision is not returned):
-		// forget the value so that the next attempt creates the key; the
-		// watch's delete marker, older than that write, is then ignored.
+	case isTransient(err) || (errors.Is(err, jskv.ErrNoLeader) && ctx.Err() == nil):
+	case err != nil:
+		return fmt.Errorf("re-read twin %s after a concurrent write: %w", id, err)
+	case !found || rec.Deleted:
+		// Deleted by another node: forget the value so that the next
+		// attempt creates the key; the watch's delete marker, older than
+		// that write, is then ignored.
 		sh := &s.shards[s.index(key)]
 		sh.mu.Lock()
 		switch old := sh.m[key]; {
@@ -734,11 +742,8 @@ func (s *Store) refresh(ctx context.Context, key string, id twins.ID, rev uint64
 			progress = true
 		}
 		sh.mu.Unlock()
-	case isTransient(err):
-	case err != nil:
-		return fmt.Errorf("re-read twin %s after a concurrent write: %w", id, err)
-	case e.Revision() > rev:
-		s.observe(key, id, e.Revision(), e.Value(), nil, true)
+	case rec.Revision > rev:
+		s.observe(key, id, rec.Revision, rec.Value, nil, true)
 		progress = true
 	}
 	if progress {
@@ -749,6 +754,9 @@ func (s *Store) refresh(ctx context.Context, key string, id twins.ID, rev uint64
 	}
 	return nil
 }
+
+// refreshTimeout bounds one re-read after a lost compare-and-set.
+const refreshTimeout = time.Second
 
 // pause waits before another attempt, longer after more attempts.
 func pause(ctx context.Context, attempt int) error {
