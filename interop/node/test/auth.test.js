@@ -12,12 +12,7 @@ const assert = require('node:assert');
 const { Client, Message, SharedAccessKeyAuthenticationProvider } = require('azure-iot-device');
 const { Amqp, AmqpWs } = require('azure-iot-device-amqp');
 const { errors } = require('azure-iot-common');
-
-function need(name) {
-  const v = process.env[name];
-  if (!v) throw new Error(`${name} must be set (the Go test interop/auth_test.go sets it)`);
-  return v;
-}
+const { need } = require('../tools/sdk-helpers.js');
 
 for (const [name, Transport] of [['Amqp', Amqp], ['AmqpWs', AmqpWs]]) {
   test(`${name}: a connection-string device opens (CBS) and sends`, { timeout: 30000 }, async () => {

@@ -16,12 +16,7 @@ const { Client: DeviceClient, Message } = require('azure-iot-device');
 const { Amqp } = require('azure-iot-device-amqp');
 const { Client: ServiceClient, IoTHubTokenCredentials } = require('azure-iothub');
 const { IotHubGatewayServiceAPIs } = require('azure-iothub/dist/pl/iotHubGatewayServiceAPIs');
-
-function need(name) {
-  const v = process.env[name];
-  if (!v) throw new Error(`${name} must be set (the Go test interop/c2d_test.go sets it)`);
-  return v;
-}
+const { need } = require('../tools/sdk-helpers.js');
 
 const T = { timeout: 60000 };
 

@@ -15,32 +15,10 @@ const { Client: DeviceClient, Message } = require('azure-iot-device');
 const { Amqp } = require('azure-iot-device-amqp');
 const { Client: ServiceClient, Registry } = require('azure-iothub');
 const { EventHubConsumerClient, earliestEventPosition } = require('@azure/event-hubs');
-
-function need(name) {
-  const v = process.env[name];
-  if (!v) throw new Error(`${name} must be set (the Go test interop/cluster_test.go sets it)`);
-  return v;
-}
+const { need, nextEvent } = require('../tools/sdk-helpers.js');
 
 const T = { timeout: 90000 };
 const tag = randomUUID();
-
-// nextEvent resolves with the next emission of event accepted by accept.
-function nextEvent(emitter, event, ms, accept = () => true) {
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => {
-      emitter.removeListener(event, on);
-      reject(new Error(`no ${event} within ${ms} ms`));
-    }, ms);
-    function on(value) {
-      if (!accept(value)) return;
-      clearTimeout(timer);
-      emitter.removeListener(event, on);
-      resolve(value);
-    }
-    emitter.on(event, on);
-  });
-}
 
 // readTagged reads, from every partition of the endpoint behind cs, the n
 // events carrying this run's tag.

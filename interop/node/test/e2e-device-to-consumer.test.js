@@ -10,14 +10,10 @@ const assert = require('node:assert/strict');
 const { Client, Message } = require('azure-iot-device');
 const { Amqp } = require('azure-iot-device-amqp');
 const { EventHubConsumerClient, earliestEventPosition, latestEventPosition } = require('@azure/event-hubs');
+const { need } = require('../tools/sdk-helpers.js');
 
-function env(name) {
-  const v = process.env[name];
-  if (!v) throw new Error(`${name} is not set: run through the Go test TestDeviceToConsumers`);
-  return v;
-}
-const deviceId = env('DEVICE_ID');
-const partition = env('PARTITION');
+const deviceId = need('DEVICE_ID');
+const partition = need('PARTITION');
 
 function message(i, tag) {
   const m = new Message(JSON.stringify({ i, tag }));
@@ -31,7 +27,7 @@ function message(i, tag) {
 }
 
 async function sendAll(tag, n) {
-  const client = Client.fromConnectionString(env('DEVICE_CS'), Amqp);
+  const client = Client.fromConnectionString(need('DEVICE_CS'), Amqp);
   await client.open();
   try {
     for (let i = 0; i < n; i++) {
@@ -76,7 +72,7 @@ function checkEvent(e, i, tag) {
 test('device telemetry read by EventHubConsumerClient: earliest, sequence number, enqueued time, live', { timeout: 60000 }, async () => {
   const n = 10;
   await sendAll('first', n);
-  const c = new EventHubConsumerClient('$Default', env('EH_CONNECTION_STRING'));
+  const c = new EventHubConsumerClient('$Default', need('EH_CONNECTION_STRING'));
   try {
     const props = await c.getPartitionProperties(partition);
     assert.ok(props.lastEnqueuedSequenceNumber >= n - 1, 'partition properties count the events');

@@ -20,18 +20,12 @@
 const test = require('node:test');
 const assert = require('node:assert/strict');
 const { EventHubConsumerClient, earliestEventPosition, latestEventPosition } = require('@azure/event-hubs');
+const { need } = require('../tools/sdk-helpers.js');
 
-function env(name) {
-  const v = process.env[name];
-  if (v === undefined || v === '') {
-    throw new Error(`${name} is not set: run this file through the Go test TestNodeEventHubsConsumer`);
-  }
-  return v;
-}
 
-const connStr = env('EH_CONNECTION_STRING');
-const hubName = env('EH_NAME');
-const p0Count = Number(env('EH_P0_COUNT'));
+const connStr = need('EH_CONNECTION_STRING');
+const hubName = need('EH_NAME');
+const p0Count = Number(need('EH_P0_COUNT'));
 const T = { timeout: 30000 };
 
 function client() {
@@ -86,8 +80,8 @@ test('hub and partition properties', T, async () => {
     assert.equal(pp.partitionId, '0');
     assert.equal(pp.beginningSequenceNumber, 0);
     assert.equal(pp.lastEnqueuedSequenceNumber, p0Count - 1);
-    assert.equal(pp.lastEnqueuedOffset, env('EH_P0_LAST_OFFSET'));
-    assert.equal(pp.lastEnqueuedOnUtc.getTime(), Number(env('EH_P0_LAST_TIME')));
+    assert.equal(pp.lastEnqueuedOffset, need('EH_P0_LAST_OFFSET'));
+    assert.equal(pp.lastEnqueuedOnUtc.getTime(), Number(need('EH_P0_LAST_TIME')));
     assert.equal(pp.isEmpty, false);
     const empty = await c.getPartitionProperties('3');
     assert.equal(empty.isEmpty, true);
@@ -102,8 +96,8 @@ const starts = [
   { name: 'earliest', pos: earliestEventPosition, first: 0 },
   { name: 'sequence number', pos: { sequenceNumber: 4 }, first: 5 },
   { name: 'sequence number, inclusive', pos: { sequenceNumber: 4, isInclusive: true }, first: 4 },
-  { name: 'offset', pos: { offset: env('EH_P0_OFFSET_7') }, first: 8 },
-  { name: 'enqueued time', pos: { enqueuedOn: new Date(Number(env('EH_P0_TIME_9'))) }, first: 10 },
+  { name: 'offset', pos: { offset: need('EH_P0_OFFSET_7') }, first: 8 },
+  { name: 'enqueued time', pos: { enqueuedOn: new Date(Number(need('EH_P0_TIME_9'))) }, first: 10 },
 ];
 
 for (const st of starts) {
@@ -121,7 +115,7 @@ for (const st of starts) {
 
 test('subscribe from the live end, with last-enqueued tracking', T, async () => {
   const c = client();
-  const before = Number(env('EH_P1_BEFORE'));
+  const before = Number(need('EH_P1_BEFORE'));
   try {
     const { events, context } = await collect(c, '1', latestEventPosition, 3, { trackLastEnqueuedEventProperties: true });
     assert.equal(events.length, 3);

@@ -12,12 +12,7 @@ const assert = require('node:assert/strict');
 const { Client, ModuleClient } = require('azure-iot-device');
 const { Amqp } = require('azure-iot-device-amqp');
 const { Client: ServiceClient } = require('azure-iothub');
-
-function need(name) {
-  const v = process.env[name];
-  if (!v) throw new Error(`${name} must be set (the Go test interop/methods_test.go sets it)`);
-  return v;
-}
+const { need } = require('../tools/sdk-helpers.js');
 
 const T = { timeout: 60000 };
 

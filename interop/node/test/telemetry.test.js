@@ -12,12 +12,7 @@ const assert = require('node:assert');
 const { Client, Message } = require('azure-iot-device');
 const { Amqp, AmqpWs } = require('azure-iot-device-amqp');
 const { errors, NoRetry } = require('azure-iot-common');
-
-function need(name) {
-  const v = process.env[name];
-  if (!v) throw new Error(`${name} must be set (the Go test interop/telemetry_test.go sets it)`);
-  return v;
-}
+const { need } = require('../tools/sdk-helpers.js');
 
 for (const [name, Transport, env] of [['Amqp', Amqp, 'AMQP_DEVICE_CS'], ['AmqpWs', AmqpWs, 'AMQPWS_DEVICE_CS']]) {
   test(`${name}: telemetry with properties is acknowledged`, { timeout: 60000 }, async () => {

@@ -11,12 +11,7 @@ const assert = require('node:assert/strict');
 const { Client, ModuleClient } = require('azure-iot-device');
 const { Amqp } = require('azure-iot-device-amqp');
 const { Registry } = require('azure-iothub');
-
-function need(name) {
-  const v = process.env[name];
-  if (!v) throw new Error(`${name} must be set (the Go test interop/twin_test.go sets it)`);
-  return v;
-}
+const { need, nextEvent } = require('../tools/sdk-helpers.js');
 
 const T = { timeout: 60000 };
 
@@ -24,23 +19,6 @@ const T = { timeout: 60000 };
 function reportAsync(twin, patch) {
   return new Promise((resolve, reject) => {
     twin.properties.reported.update(patch, (err) => (err ? reject(err) : resolve()));
-  });
-}
-
-// nextEvent resolves with the next emission of event, or rejects after ms.
-function nextEvent(emitter, event, ms, accept = () => true) {
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => {
-      emitter.removeListener(event, on);
-      reject(new Error(`no ${event} within ${ms} ms`));
-    }, ms);
-    function on(value) {
-      if (!accept(value)) return;
-      clearTimeout(timer);
-      emitter.removeListener(event, on);
-      resolve(value);
-    }
-    emitter.on(event, on);
   });
 }
 
