@@ -59,7 +59,7 @@ func groupKey(lower string) string { return kvGroupKeyPrefix + hub.SubjectToken(
 // without a round trip; a group missing from the copy is looked up in the
 // bucket (it may have been created on another node an instant ago).
 type kvGroups struct {
-	kv      jetstream.KeyValue
+	kv      *kvBucket
 	max     int
 	created time.Time
 	logger  *slog.Logger

@@ -7,9 +7,11 @@ import (
 	"math/rand/v2"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"amqphub/internal/hub"
+	"amqphub/internal/jskv"
 )
 
 // kvOpTimeout bounds one key-value operation (or compare-and-set loop):
@@ -28,18 +30,23 @@ func isConflict(err error) bool {
 	return errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch)
 }
 
+// kvBucket is a bucket with the connection its leader reads go through.
+type kvBucket struct {
+	jetstream.KeyValue
+	nc *nats.Conn
+}
+
 // casUpdate reads key (nil value and revision 0 when absent or deleted),
 // lets fn compute its new value and writes it only if the key has not
 // changed meanwhile, retrying on conflicts. fn also gets the revision it
 // read (0: absent). fn may return errNoChange to
 // write nothing (casUpdate then returns the revision read and nil) or
 // another error to stop. It returns the written revision.
-func casUpdate(ctx context.Context, kv jetstream.KeyValue, key string, fn func(old []byte, rev uint64) ([]byte, error)) (uint64, error) {
+func casUpdate(ctx context.Context, kv *kvBucket, key string, fn func(old []byte, rev uint64) ([]byte, error)) (uint64, error) {
 	for attempt := range maxCASAttempts {
 		if attempt > 0 {
-			// Conflicts come from other writers of the key, or from a
-			// read served by a replica that lags the write we lost to:
-			// back off a little, with jitter, so that contenders part.
+			// Conflicts come from other writers of the key: back off a
+			// little, with jitter, so that contenders part.
 			t := time.NewTimer(time.Duration(1+rand.IntN(1+min(attempt, 10))) * time.Millisecond)
 			select {
 			case <-t.C:
@@ -50,13 +57,13 @@ func casUpdate(ctx context.Context, kv jetstream.KeyValue, key string, fn func(o
 		}
 		var old []byte
 		var rev uint64
-		e, err := kv.Get(ctx, key)
-		switch {
-		case err == nil:
-			old, rev = e.Value(), e.Revision()
-		case errors.Is(err, jetstream.ErrKeyNotFound), errors.Is(err, jetstream.ErrKeyDeleted):
-		default:
+		// From the leader: a replica that lags would only lose the race.
+		rec, found, err := jskv.GetFromLeader(ctx, kv.nc, kv.Bucket(), key)
+		if err != nil {
 			return 0, fmt.Errorf("read %s: %w", key, err)
+		}
+		if found && !rec.Deleted {
+			old, rev = rec.Value, rec.Revision
 		}
 		val, err := fn(old, rev)
 		if errors.Is(err, errNoChange) {
@@ -82,7 +89,7 @@ func casUpdate(ctx context.Context, kv jetstream.KeyValue, key string, fn func(o
 }
 
 // openBucket creates or opens one of the hub's key-value buckets.
-func openBucket(ctx context.Context, c *hub.Cluster, feature, desc string) (jetstream.KeyValue, error) {
+func openBucket(ctx context.Context, c *hub.Cluster, feature, desc string) (*kvBucket, error) {
 	kv, err := c.JS.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
 		Bucket:      c.Bucket(feature),
 		Description: desc,
@@ -93,5 +100,5 @@ func openBucket(ctx context.Context, c *hub.Cluster, feature, desc string) (jets
 	if err != nil {
 		return nil, fmt.Errorf("key-value bucket %s: %w", c.Bucket(feature), err)
 	}
-	return kv, nil
+	return &kvBucket{KeyValue: kv, nc: c.JS.Conn()}, nil
 }

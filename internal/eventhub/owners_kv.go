@@ -74,7 +74,7 @@ func decodeLeases(b []byte) (leaseRecord, error) {
 
 // leases is an endpoint's cluster ownership state.
 type leases struct {
-	kv        jetstream.KeyValue
+	kv        *kvBucket
 	node      string
 	heartbeat time.Duration
 	ttl       time.Duration
