@@ -103,8 +103,8 @@ type Store struct {
 
 var _ registry.Store = (*Store)(nil)
 
-// Open creates the bucket if needed, starts the watch and returns once the
-// Store holds the bucket's current state.
+// Open creates the bucket or updates its replicas, starts the watch and
+// returns once the Store holds the bucket's current state.
 func Open(ctx context.Context, js jetstream.JetStream, opts Options) (*Store, error) {
 	if opts.Bucket == "" {
 		opts.Bucket = DefaultBucket
