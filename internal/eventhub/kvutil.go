@@ -25,11 +25,6 @@ const maxCASAttempts = 64
 // errNoChange tells casUpdate that fn wants nothing written.
 var errNoChange = errors.New("no change")
 
-// isConflict reports a compare-and-set conflict.
-func isConflict(err error) bool {
-	return errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch)
-}
-
 // kvBucket is a bucket with the connection its leader reads go through.
 type kvBucket struct {
 	jetstream.KeyValue
@@ -77,7 +72,7 @@ func casUpdate(ctx context.Context, kv *kvBucket, key string, fn func(old []byte
 		} else {
 			rev, err = kv.Update(ctx, key, val, rev)
 		}
-		if isConflict(err) {
+		if jskv.IsConflict(err) {
 			continue
 		}
 		if err != nil {

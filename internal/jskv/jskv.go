@@ -79,3 +79,16 @@ func GetFromLeader(ctx context.Context, nc *nats.Conn, bucket, key string) (rec 
 	}
 	return rec, true, nil
 }
+
+// IsConflict reports a lost compare-and-set: from the key-value API
+// (Create of an existing key, Update at an old revision) or from a publish
+// with an expected last sequence, whose error code differs between R1 and
+// replicated streams.
+func IsConflict(err error) bool {
+	if errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+		return true
+	}
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
+		apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant)
+}

@@ -1,6 +1,9 @@
 package jsregistry
 
-import "amqphub/internal/registry"
+import (
+	"amqphub/internal/jskv"
+	"amqphub/internal/registry"
+)
 
 // casLoop is the compare-and-set retry every write to an existing device
 // or module key goes through. It starts from the cached state, which may
@@ -36,7 +39,7 @@ func casLoop[T any](op, ifMatch string,
 			if kvErr == nil {
 				return nil
 			}
-			if !isConflict(kvErr) {
+			if !jskv.IsConflict(kvErr) {
 				return unavailable(op, kvErr)
 			}
 			if attempt >= maxAttempts {

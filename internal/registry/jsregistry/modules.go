@@ -9,6 +9,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"amqphub/internal/jskv"
 	"amqphub/internal/registry"
 )
 
@@ -108,7 +109,7 @@ func (s *Store) CreateModule(ctx context.Context, m registry.Module) (registry.M
 	} else if !ok {
 		if drev, err := s.deleteKey(ctx, key, rev); err == nil {
 			s.applyLocal(change{key: key, rev: drev, deleted: true, deviceID: m.DeviceID, moduleID: m.ModuleID})
-		} else if !isConflict(err) {
+		} else if !jskv.IsConflict(err) {
 			s.log.Warn("registry: module of a deleted device left to sweep later", "device", m.DeviceID, "module", m.ModuleID, "err", err)
 		}
 		return registry.Module{}, fmt.Errorf("device %q: %w", m.DeviceID, registry.ErrDeviceNotFound)

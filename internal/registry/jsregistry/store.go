@@ -480,16 +480,6 @@ func unavailable(op string, err error) error {
 	return fmt.Errorf("%s: %w: %w", op, registry.ErrUnavailable, err)
 }
 
-// isConflict reports whether err is a failed revision check.
-func isConflict(err error) bool {
-	if errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
-		return true
-	}
-	var apiErr *jetstream.APIError
-	return errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
-		apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant)
-}
-
 // fetch reads a key from the bucket stream's leader, bypassing the cache
 // (and the replicas, which may lag), and puts what it found into the
 // cache. A missing key is reported as ok false.

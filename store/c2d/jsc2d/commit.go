@@ -5,7 +5,7 @@ import (
 	"errors"
 	"fmt"
 
-	"github.com/nats-io/nats.go/jetstream"
+	"amqphub/internal/jskv"
 )
 
 // errRefresh asks mutate to run the function again on a fresh read: the
@@ -195,7 +195,7 @@ func (s *Store) commit(id string, c *committer, batch []*op) (retry []*op) {
 		s.mu.Lock()
 		c.writing, c.wval = nil, nil
 		s.mu.Unlock()
-		if errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+		if jskv.IsConflict(err) {
 			ok = false
 			backoff(attempt)
 			continue

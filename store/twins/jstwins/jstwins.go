@@ -700,7 +700,7 @@ func (s *Store) write(ctx context.Context, id twins.ID, generation string, apply
 			}
 			continue
 		}
-		if !isConflict(err) {
+		if !jskv.IsConflict(err) {
 			return twins.Twin{}, fmt.Errorf("write twin %s: %w", id, err)
 		}
 		if err := s.refresh(ctx, key, id, rev, attempt); err != nil {
@@ -775,16 +775,6 @@ func pause(ctx context.Context, attempt int) error {
 // the request can be sent again.
 func isTransient(err error) bool {
 	return errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, nats.ErrNoResponders)
-}
-
-// isConflict reports a lost compare-and-set.
-func isConflict(err error) bool {
-	if errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
-		return true
-	}
-	var apiErr *jetstream.APIError
-	return errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
-		apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant)
 }
 
 // Delete implements twins.Store.
