@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"amqphub/internal/jskv"
@@ -59,5 +60,41 @@ func TestGetFromLeader(t *testing.T) {
 	}
 	if _, _, err := jskv.GetFromLeader(ctx, nc, "NOSUCH", "a"); err == nil {
 		t.Error("a bucket that does not exist: no error")
+	}
+}
+
+func TestIsConflict(t *testing.T) {
+	srv := natstest.RunServer(t)
+	nc := natstest.Connect(t, srv.ClientURL())
+	js := natstest.JetStream(t, nc)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	kv, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "C"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rev, err := kv.Create(ctx, "k", []byte("v"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, errCreate := kv.Create(ctx, "k", []byte("again"))
+	_, errUpdate := kv.Update(ctx, "k", []byte("old"), rev+10)
+	m := nats.NewMsg("$KV.C.k")
+	_, errPublish := js.PublishMsg(ctx, m, jetstream.WithExpectLastSequencePerSubject(rev+10))
+	_, errOther := kv.Get(ctx, "missing")
+	for _, tc := range []struct {
+		name string
+		err  error
+		want bool
+	}{
+		{"create of an existing key", errCreate, true},
+		{"update at an old revision", errUpdate, true},
+		{"publish with a wrong expected sequence", errPublish, true},
+		{"key not found", errOther, false},
+		{"nil", nil, false},
+	} {
+		if got := jskv.IsConflict(tc.err); got != tc.want {
+			t.Errorf("%s (%v): IsConflict = %v, want %v", tc.name, tc.err, got, tc.want)
+		}
 	}
 }
