@@ -2,6 +2,7 @@ package ratelimit
 
 import (
 	"fmt"
+	"hash/maphash"
 	"math"
 	"sync"
 	"sync/atomic"
@@ -160,13 +161,21 @@ func TestKeyedSweepBoundsMemory(t *testing.T) {
 	if k.AllowN("hot", at(1000), 2) {
 		t.Fatal("the hot device was reset by the sweep")
 	}
-	// Sweeps also happen by themselves as time passes.
+	// Sweeps also happen by themselves as time passes: a shard sweeps when
+	// it is next used. New keys, one per shard, touch every shard.
 	for i := 0; i < 100; i++ {
 		k.AllowN(fmt.Sprint("later-", i), at(5000+i), 1)
 	}
-	k.AllowN("x", at(60_000), 1)
-	if n := k.Len(); n > 101 {
-		t.Fatalf("%d buckets long after everyone went quiet", n)
+	touched := map[uint64]bool{}
+	for i := 0; len(touched) < shards; i++ {
+		key := fmt.Sprint("new-", i)
+		if sh := maphash.String(k.seed, key) % shards; !touched[sh] {
+			touched[sh] = true
+			k.AllowN(key, at(60_000), 1)
+		}
+	}
+	if n := k.Len(); n != shards {
+		t.Fatalf("%d buckets long after everyone went quiet, want the %d new ones", n, shards)
 	}
 }
 
