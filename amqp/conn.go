@@ -38,7 +38,7 @@ type Conn struct {
 	peerMaxFrame uint32
 	peerChanMax  uint16
 	heartbeat    time.Duration
-	opened       bool
+	opened       bool // the peer's Open was read: Close queues its frame
 
 	mu       sync.Mutex
 	sessions map[uint16]*Session // by the peer's channel
@@ -145,7 +145,8 @@ func (c *Conn) Close(err *Error) {
 	opened := c.opened
 	c.mu.Unlock()
 	if !opened {
-		// No writer yet (still in the handshake): just drop the socket.
+		// Before the peer's Open (protocol header, SASL) there is no Close
+		// to send: just drop the socket.
 		c.nc.Close()
 		return
 	}
@@ -283,18 +284,19 @@ func (c *Conn) handshake() error {
 	if open.IdleTimeout > 0 && open.IdleTimeout/2 < c.heartbeat {
 		c.heartbeat = max(open.IdleTimeout/2, 100*time.Millisecond)
 	}
+	// From here on a Close (the handler may register the connection, and a
+	// revalidation may close it at once) is queued behind our Open rather
+	// than dropping the socket: the writer starts after the handshake and
+	// flushes it then, so the peer learns why.
+	c.mu.Lock()
+	c.opened = true
+	c.mu.Unlock()
 	if herr := c.srv.cfg.Handler.OnOpen(c); herr != nil {
 		c.writeOpen(nil)
 		c.writeNow(frames.FrameAMQP, 0, &frames.Close{Error: herr})
 		return fmt.Errorf("open refused: %w", herr)
 	}
-	if err := c.writeOpen(nil); err != nil {
-		return err
-	}
-	c.mu.Lock()
-	c.opened = true
-	c.mu.Unlock()
-	return nil
+	return c.writeOpen(nil)
 }
 
 func (c *Conn) writeOpen(props map[any]any) error {
